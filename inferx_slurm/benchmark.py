@@ -1,0 +1,97 @@
+"""The benchmark client: aiperf command lines per (scenario, concurrency) and the parser that
+turns its export into rows of the results table."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .recipe import BenchmarkSpec, Recipe, Scenario
+
+AIPERF_EXPORT = "profile_export_aiperf.json"
+
+
+def point_dir(scenario: Scenario, concurrency: int) -> str:
+    return f"bench/{scenario.name}/c{concurrency}"
+
+
+def aiperf_argv(
+    recipe: Recipe, scenario: Scenario, concurrency: int, *, url: str, artifact_dir: str, tokenizer: str
+) -> list[str]:
+    b: BenchmarkSpec = recipe.benchmark
+    argv = [
+        "aiperf", "profile",
+        "--model", recipe.model.name,
+        "--url", url,
+        "--endpoint-type", "chat",
+        "--streaming",
+        "--tokenizer", tokenizer,
+        "--synthetic-input-tokens-mean", str(scenario.isl),
+        "--synthetic-input-tokens-stddev", "0",
+        "--output-tokens-mean", str(scenario.osl),
+        "--output-tokens-stddev", "0",
+        # Exact output lengths: without these the engine stops at EOS and OSL drifts per request.
+        "--extra-inputs", "ignore_eos:true",
+        "--extra-inputs", f"min_tokens:{scenario.osl}",
+        "--concurrency", str(concurrency),
+        "--request-count", str(b.requests_for(concurrency)),
+        "--random-seed", "0",
+        "--artifact-dir", artifact_dir,
+        "--ui-type", "none",
+    ]
+    if b.warmup_requests:
+        argv += ["--warmup-request-count", str(b.warmup_requests)]
+    for k, v in b.args.items():
+        if v is None or v is False:
+            continue
+        argv.append(f"--{k.lstrip('-')}")
+        if v is not True:
+            argv.append(str(v))
+    return argv
+
+
+def _stat(export: dict[str, Any], key: str, field: str = "avg") -> Optional[float]:
+    entry = export.get(key)
+    if isinstance(entry, dict):
+        v = entry.get(field)
+        return float(v) if v is not None else None
+    return None
+
+
+def summarize(
+    export: dict[str, Any], *, isl: int, osl: int, concurrency: int, prefill_gpus: int, decode_gpus: int,
+    expected_requests: int,
+) -> dict[str, Any]:
+    """One results row in the field names the InferenceX results pipeline uses.
+
+    Throughput per GPU divides by every GPU of the deployment (prefill + decode); output
+    throughput per GPU by decode GPUs; input throughput per GPU by prefill GPUs.
+    """
+    out_tput = _stat(export, "output_token_throughput") or 0.0
+    req_tput = _stat(export, "request_throughput") or 0.0
+    mean_isl = _stat(export, "input_sequence_length") or float(isl)
+    in_tput = req_tput * mean_isl
+    total = out_tput + in_tput
+    completed = int(_stat(export, "request_count") or 0)
+    errors = int(_stat(export, "error_request_count") or 0)
+    tpot = _stat(export, "inter_token_latency")
+    return {
+        "isl": isl,
+        "osl": osl,
+        "concurrency": concurrency,
+        "num_prefill_gpu": prefill_gpus,
+        "num_decode_gpu": decode_gpus,
+        "total_token_throughput": total,
+        "output_throughput": out_tput,
+        "tput_per_gpu": total / (prefill_gpus + decode_gpus),
+        "output_tput_per_gpu": out_tput / decode_gpus,
+        "input_tput_per_gpu": in_tput / prefill_gpus,
+        "mean_ttft_ms": _stat(export, "time_to_first_token"),
+        "median_ttft_ms": _stat(export, "time_to_first_token", "p50"),
+        "p99_ttft_ms": _stat(export, "time_to_first_token", "p99"),
+        "mean_tpot_ms": tpot,
+        "median_tpot_ms": _stat(export, "inter_token_latency", "p50"),
+        "mean_itl_ms": tpot,
+        "intvty": (1000.0 / tpot) if tpot else None,
+        "completed": completed,
+        "failed": max(errors, expected_requests - completed - errors) if expected_requests else errors,
+    }

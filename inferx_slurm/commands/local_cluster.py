@@ -1,0 +1,62 @@
+"""`inferx-slurm local-cluster up|down|status`: a real Slurm cluster of N nodes on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import InferxError
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import local_cluster as lc
+
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    try:
+        if args.action == "up":
+            info = lc.up(nodes=args.nodes, gpus_per_node=args.gpus_per_node, state_dir=state_dir)
+            model = _ensure_tiny_model(info.state_dir)
+        elif args.action == "down":
+            lc.down(state_dir)
+            info = lc.status(state_dir)
+            model = None
+        else:
+            info = lc.status(state_dir)
+            model = None
+    except (lc.ClusterError, ValueError, PermissionError) as e:
+        raise InferxError(str(e)) from None
+    if args.json:
+        print(json.dumps(info.model_dump(mode="json"), indent=2))
+        return 0
+    print(f"local cluster: {'up' if info.up else 'down'} ({info.state_dir})")
+    if info.up:
+        states = ", ".join(f"{n}={s}" for n, s in info.node_states.items())
+        print(f"  {info.nodes} nodes x {info.gpus_per_node} GPUs, partition '{info.partition}': {states}")
+        print(f"  export SLURM_CONF={info.slurm_conf}")
+    if model:
+        print(f"  tiny model in HF cache: {model}")
+    return 0
+
+
+def _ensure_tiny_model(state_dir: Path) -> Path:
+    """The mock engines and the benchmark client share one offline HF cache."""
+    from ..tiny_model import make_tiny_model
+
+    cache = state_dir / "hf-cache"
+    make_tiny_model(state_dir / "models" / "tiny-moe", hf_cache=cache)
+    return cache
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "local-cluster",
+        help="start/stop a real local Slurm cluster with fake GPUs",
+        description="Run slurmctld, slurmdbd and N slurmd nodes on this machine (root; installs slurm-wlm, munge, mariadb if missing).",
+    )
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    p.add_argument("--gpus-per-node", type=int, default=4, help="fake GPUs per node (default 4)")
+    p.add_argument("--state-dir", help="where config, logs and state live (default $INFERX_LOCAL_CLUSTER_DIR or /var/tmp/inferx-local-cluster)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)

@@ -1,0 +1,52 @@
+"""`inferx-slurm plan SPEC`: where every worker would run, without touching Slurm."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import RecipeError
+from ..plan import format_plan, plan_recipe, plan_topology
+from ..recipe import Recipe
+from ..sweep import expand
+from ..topology import Topology
+
+
+def load_spec(spec: str, gpus_per_node: int | None) -> tuple[Recipe | None, Topology]:
+    """SPEC is a recipe file or a topology string."""
+    looks_like_file = spec.endswith((".yaml", ".yml", ".json")) or "/" in spec
+    if looks_like_file or Path(spec).is_file():
+        recipe = Recipe.load(spec)
+        if gpus_per_node:
+            recipe = recipe.with_overrides({"slurm.gpus_per_node": gpus_per_node})
+        return recipe, recipe.topology
+    return None, Topology.parse(spec, field="SPEC")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.gpus_per_node is not None and args.gpus_per_node < 1:
+        raise RecipeError("--gpus-per-node", args.gpus_per_node, "expected a whole number >= 1")
+    recipe, topo = load_spec(args.spec, args.gpus_per_node)
+    if recipe is None:
+        plans = [(str(topo), plan_topology(topo, args.gpus_per_node or 4))]
+    else:
+        plans = [(d.name, plan_recipe(d.recipe)) for d in expand(recipe)]
+    if args.json:
+        docs = [p.model_dump(mode="json") for _, p in plans]
+        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+    else:
+        print("\n\n".join(format_plan(p, title=name) for name, p in plans))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="show the placement plan for a recipe or topology",
+        description="Show nodes, GPUs and leaders for a recipe file or a topology string like '2P1D DEP8->DEP16'.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="recipe file (.yaml/.json) or topology string")
+    p.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per node (default: recipe/profile, or 4)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=run)

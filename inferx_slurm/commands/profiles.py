@@ -1,0 +1,22 @@
+"""`inferx-slurm profiles`: the platform environment profiles a recipe can name."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..profiles import PROFILES
+
+
+def run(args: argparse.Namespace) -> int:
+    for p in PROFILES.values():
+        print(f"{p.name:<12} {p.gpus_per_node} GPUs/node  {p.description}")
+        if args.verbose:
+            for k, v in p.env.items():
+                print(f"{'':14}{k}={v}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profiles", help="list environment profiles", description="List platform profiles and (with -v) their environment.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=run)

@@ -1,0 +1,26 @@
+"""`inferx-slurm results DIR`: the results table of a run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..results import format_table, load_summary
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = load_summary(args.dir)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    flag = " (PARTIAL: the run failed before finishing)" if summary.get("partial") else ""
+    print(f"{summary.get('name')} {summary.get('topology')}, {summary.get('total_gpus')} GPUs{flag}")
+    print(format_table(summary.get("rows", [])))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("results", help="print the results table of a run", description="Print summary.json of a results dir as a table.")
+    p.add_argument("dir", metavar="DIR", help="results dir (or its summary.json)")
+    p.add_argument("--json", action="store_true", help="print summary.json as is")
+    p.set_defaults(func=run)

@@ -1,0 +1,249 @@
+"""Engine command lines derived from the plan.
+
+For every node of every worker this builds the exact argv of the engine process and records
+where each flag came from, so a dry run can show why a flag has its value. Per-role user args
+win over common user args, which win over derived ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import RecipeError
+from .plan import Plan, WorkerPlacement
+from .recipe import ArgValue, Backend, Recipe
+from .topology import ParallelKind, Parallelism
+
+KV_BLOCK_DEFAULT = 128
+# Headroom over ISL+OSL for chat-template and special tokens the client adds around a prompt.
+MAX_MODEL_LEN_HEADROOM = 256
+
+# How long a role may take to register before the run is declared hung. Real engines load
+# hundreds of GB and capture CUDA graphs; the mocker is up in seconds.
+DEFAULT_STARTUP_TIMEOUT_S = {
+    Backend.vllm: 1800.0,
+    Backend.sglang: 1800.0,
+    Backend.trtllm: 2400.0,
+    Backend.mocker: 120.0,
+}
+
+
+class EngineArg(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    flag: str
+    value: ArgValue
+    source: str  # "derived", "engine.args" or "engine.<role>.args"
+
+
+class NodeCommand(BaseModel):
+    """What runs on one node of a worker."""
+
+    model_config = ConfigDict(frozen=True)
+
+    worker: str
+    node: int
+    node_rank: int
+    leader: bool
+    argv: list[str]
+    args: list[EngineArg]
+    env: dict[str, str]
+
+
+def max_model_len(isl: int, osl: int, block: int = KV_BLOCK_DEFAULT) -> int:
+    """ISL+OSL plus headroom, rounded up to whole KV blocks (8k1k, block 128 -> 9472)."""
+    return math.ceil((isl + osl + MAX_MODEL_LEN_HEADROOM) / block) * block
+
+
+def cuda_graph_sizes(max_concurrency: int) -> list[int]:
+    """Powers of two up to the first one >= the highest concurrency."""
+    sizes, s = [], 1
+    while True:
+        sizes.append(s)
+        if s >= max_concurrency:
+            return sizes
+        s *= 2
+
+
+def block_size(recipe: Recipe) -> int:
+    for args in (recipe.engine.decode.args, recipe.engine.prefill.args, recipe.engine.args):
+        for key in ("block-size", "page-size", "tokens-per-block"):
+            if key in args and args[key] is not None:
+                return int(args[key])  # type: ignore[arg-type]
+    return KV_BLOCK_DEFAULT
+
+
+def startup_timeout(recipe: Recipe, role: str) -> float:
+    return recipe.engine.role(role).startup_timeout_s or DEFAULT_STARTUP_TIMEOUT_S[recipe.engine.backend]
+
+
+def flag_argv(args: list[EngineArg]) -> list[str]:
+    out: list[str] = []
+    for a in args:
+        v = a.value
+        if v is None or v is False:
+            continue
+        out.append(f"--{a.flag}")
+        if v is True:
+            continue
+        out.append(json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else str(v))
+    return out
+
+
+def merge_args(derived: dict[str, ArgValue], recipe: Recipe, role: str) -> list[EngineArg]:
+    merged: dict[str, EngineArg] = {k: EngineArg(flag=k, value=v, source="derived") for k, v in derived.items()}
+    for source, extra in (("engine.args", recipe.engine.args), (f"engine.{role}.args", recipe.engine.role(role).args)):
+        for k, v in extra.items():
+            merged[k] = EngineArg(flag=k, value=v, source=source)
+    return list(merged.values())
+
+
+# Addresses are resolved inside the job: the worker script defines these before the engine runs.
+LEADER_ADDR = "${LEADER_ADDR}"
+INFRA_ADDR = "${INFRA_ADDR}"
+
+
+def _vllm(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[str, ArgValue]:
+    par = Parallelism.parse(w.parallel)
+    scen_len = max(max_model_len(s.isl, s.osl, block_size(recipe)) for s in recipe.benchmark.scenarios)
+    d: dict[str, ArgValue] = {
+        "model": recipe.model.path,
+        "served-model-name": recipe.model.name,
+        "disaggregation-mode": w.role,
+        "tensor-parallel-size": par.tp,
+    }
+    if par.kind is ParallelKind.DEP:
+        local = len(w.slices[rank].gpus)
+        d.update(
+            {
+                "data-parallel-size": par.dp,
+                "data-parallel-size-local": local,
+                "enable-expert-parallel": True,
+            }
+        )
+        if w.multi_node:
+            d.update(
+                {
+                    "data-parallel-address": LEADER_ADDR,
+                    "data-parallel-rpc-port": w.ports.rendezvous,
+                    "data-parallel-start-rank": w.slices[rank].dp_ranks[0],
+                }
+            )
+    else:
+        if par.ep:
+            d["enable-expert-parallel"] = True
+        if w.multi_node:
+            # TP wider than a node: vLLM's multiprocessing backend rendezvous over torch.distributed.
+            d.update(
+                {
+                    "nnodes": len(w.nodes),
+                    "node-rank": rank,
+                    "master-addr": LEADER_ADDR,
+                    "master-port": w.ports.rendezvous,
+                }
+            )
+    if rank > 0:
+        d["headless"] = True
+    d.update(
+        {
+            "block-size": block_size(recipe),
+            "max-model-len": scen_len,
+            "kv-transfer-config": {"kv_connector": "NixlConnector", "kv_role": "kv_both"},
+        }
+    )
+    if w.role == "decode":
+        # Decode batches are sequences, so graphs keyed by concurrency cover every step;
+        # prefill batches are token chunks and gain nothing from these sizes.
+        d["compilation-config"] = {"cudagraph_capture_sizes": cuda_graph_sizes(max(recipe.benchmark.concurrency))}
+    return d
+
+
+def _sglang(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[str, ArgValue]:
+    par = Parallelism.parse(w.parallel)
+    scen_len = max(max_model_len(s.isl, s.osl, block_size(recipe)) for s in recipe.benchmark.scenarios)
+    # SGLang shards attention DP inside one TP group: DEPn = tp n, dp n, dp-attention.
+    d: dict[str, ArgValue] = {
+        "model-path": recipe.model.path,
+        "served-model-name": recipe.model.name,
+        "disaggregation-mode": w.role,
+        "disaggregation-transfer-backend": "nixl",
+        "tp-size": par.size,
+    }
+    if par.ep:
+        d["ep-size"] = par.size
+    if par.kind is ParallelKind.DEP:
+        d.update({"dp-size": par.dp, "enable-dp-attention": True})
+    if w.multi_node:
+        d.update({"nnodes": len(w.nodes), "node-rank": rank, "dist-init-addr": f"{LEADER_ADDR}:{w.ports.rendezvous}"})
+    d.update({"page-size": block_size(recipe), "context-length": scen_len})
+    return d
+
+
+def _trtllm(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[str, ArgValue]:
+    par = Parallelism.parse(w.parallel)
+    if w.multi_node:
+        raise RecipeError(
+            f"topology.{w.role}",
+            w.parallel,
+            f"trtllm workers wider than one node ({plan.gpus_per_node} GPUs) need an MPI launch, not supported yet; "
+            "use backend vllm or sglang, or a worker that fits one node",
+        )
+    scen_len = max(max_model_len(s.isl, s.osl, block_size(recipe)) for s in recipe.benchmark.scenarios)
+    d: dict[str, ArgValue] = {
+        "model-path": recipe.model.path,
+        "served-model-name": recipe.model.name,
+        "disaggregation-mode": w.role,
+        "tensor-parallel-size": par.size,
+    }
+    if par.ep:
+        d["expert-parallel-size"] = par.size
+    if par.kind is ParallelKind.DEP:
+        d["enable-attention-dp"] = True
+    d.update({"kv-block-size": block_size(recipe), "max-seq-len": scen_len})
+    return d
+
+
+def _mocker(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[str, ArgValue]:
+    par = Parallelism.parse(w.parallel)
+    d: dict[str, ArgValue] = {
+        "model-path": recipe.model.path,
+        "model-name": recipe.model.name,
+        "disaggregation-mode": w.role,
+        "block-size": block_size(recipe),
+    }
+    if par.dp > 1:
+        d["data-parallel-size"] = par.dp
+    return d
+
+
+_DERIVE = {Backend.vllm: _vllm, Backend.sglang: _sglang, Backend.trtllm: _trtllm, Backend.mocker: _mocker}
+MODULES = {Backend.vllm: "dynamo.vllm", Backend.sglang: "dynamo.sglang", Backend.trtllm: "dynamo.trtllm", Backend.mocker: "dynamo.mocker"}
+
+
+def node_commands(recipe: Recipe, plan: Plan, w: WorkerPlacement) -> list[NodeCommand]:
+    """One command per node of the worker; the leader (rank 0) is the one that registers."""
+    backend = recipe.engine.backend
+    cmds = []
+    for rank, node in enumerate(w.nodes):
+        if backend is Backend.mocker and rank > 0:
+            # The mock engine simulates the whole worker in one process; the other nodes only
+            # hold their GPUs for the worker's lifetime, like vLLM's headless ranks do.
+            argv = [recipe.engine.python, "-m", "inferx_slurm.runtime.hold"]
+            args: list[EngineArg] = []
+        else:
+            args = merge_args(_DERIVE[backend](recipe, plan, w, rank), recipe, w.role)
+            argv = [recipe.engine.python, "-m", MODULES[backend], *flag_argv(args)]
+        env = {
+            "DYN_SYSTEM_PORT": str(w.ports.system),
+            "VLLM_NIXL_SIDE_CHANNEL_PORT": str(w.ports.kv_side_channel),
+        }
+        cmds.append(NodeCommand(worker=w.name, node=node, node_rank=rank, leader=rank == 0, argv=argv, args=args, env=env))
+    return cmds
+
+
+def describe_args(cmd: NodeCommand) -> list[dict[str, Any]]:
+    return [a.model_dump() for a in cmd.args]

@@ -1,0 +1,225 @@
+"""Submitting deployments and following them: the thin shell around the pure core.
+
+`prepare` writes the job dir (recipe, plan, rendered scripts); `submit` hands it to Slurm
+through submitit; a `JobHandle` waits, streams logs, cancels and returns results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from .benchmark import aiperf_argv, point_dir
+from .errors import InferxError, SubmitError
+from .executor import executor_params, sbatch_script
+from .fsutil import atomic_write, atomic_write_json, read_json
+from .plan import Plan, format_plan, plan_recipe
+from .recipe import ContainerRuntime, Recipe
+from .render import RenderedJob, render, shell_join, srun_argv
+
+TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+
+
+def default_results_dir(recipe: Recipe, root: str | Path = "results") -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root).resolve() / f"{recipe.name}-{stamp}"
+
+
+def _fresh_dir(path: Path) -> Path:
+    # Results are never overwritten: a taken name gets a numbered sibling.
+    candidate, n = path, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def prepare(recipe: Recipe, results_dir: Path) -> tuple[Path, Plan, RenderedJob]:
+    results_dir = _fresh_dir(results_dir.resolve())
+    plan = plan_recipe(recipe)
+    job = render(recipe, str(results_dir), plan)
+    for rel, text in job.files.items():
+        atomic_write(results_dir / rel, text, mode=0o755 if rel.endswith(".sh") else None)
+    atomic_write(results_dir / "recipe.yaml", recipe.to_yaml())
+    atomic_write_json(results_dir / "recipe.json", recipe.to_dict())
+    atomic_write_json(results_dir / "plan.json", plan.model_dump(mode="json"))
+    atomic_write_json(results_dir / "rendered.json", job.model_dump(mode="json"))
+    (results_dir / "logs").mkdir(exist_ok=True)
+    return results_dir, plan, job
+
+
+def dry_run_text(recipe: Recipe, results_dir: Path) -> str:
+    """Everything `launch` would submit and run, with nothing written or submitted."""
+    plan = plan_recipe(recipe)
+    job_dir = str(results_dir)
+    job = render(recipe, job_dir, plan)
+    out = [f"# inferx-slurm launch --dry-run: {recipe.name} ({plan.topology})", "", format_plan(plan), ""]
+    out += ["# ---- sbatch script (submitted through submitit) ----", sbatch_script(recipe, plan, f"{job_dir}/submitit")]
+    out += [
+        "# The batch script runs the driver on the first node; it resolves plan node i to the",
+        "# allocation's i-th host (scontrol show hostnames) and starts these steps:",
+    ]
+    image = recipe.container.image if recipe.container.runtime is ContainerRuntime.pyxis else None
+    for st in job.steps:
+        out.append(shell_join(srun_argv(recipe, st, f"<node{st.node}>", job_dir, image)))
+    out += ["", "# ---- benchmark client, once the deployment is ready ----"]
+    url = f"http://<node{plan.frontend_node}>:{recipe.frontend.http_port}"
+    tok = recipe.benchmark.tokenizer or recipe.model.path
+    for scen in recipe.benchmark.scenarios:
+        for conc in recipe.benchmark.concurrency:
+            out.append(shell_join(aiperf_argv(recipe, scen, conc, url=url, artifact_dir=f"{job_dir}/{point_dir(scen, conc)}", tokenizer=tok)))
+    for rel, text in job.files.items():
+        out += ["", f"# ---- {job_dir}/{rel} ----", text.rstrip()]
+    return "\n".join(out) + "\n"
+
+
+class JobHandle:
+    """A submitted deployment. Wait for it, follow its logs, cancel it, read its results."""
+
+    def __init__(self, job_id: str, results_dir: Path, *, env: Optional[dict[str, str]] = None, job: Any = None):
+        self.job_id = str(job_id)
+        self.results_dir = Path(results_dir)
+        self.env = env
+        self._job = job
+
+    def __repr__(self) -> str:
+        return f"JobHandle(job_id={self.job_id!r}, results_dir={str(self.results_dir)!r})"
+
+    def _run(self, argv: list[str]) -> str:
+        return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(self.env or {})}, timeout=30).stdout
+
+    def slurm_state(self) -> str:
+        out = self._run(["squeue", "-h", "-j", self.job_id, "-o", "%T"]).strip()
+        if out:
+            return out.splitlines()[0]
+        out = self._run(["sacct", "-X", "-n", "-P", "-j", self.job_id, "-o", "State"]).strip()
+        return out.splitlines()[0].split()[0] if out else "UNKNOWN"
+
+    def status(self) -> dict[str, Any]:
+        path = self.results_dir / "status.json"
+        doc = read_json(path) if path.exists() else {"phase": "pending"}
+        doc["slurm_state"] = self.slurm_state()
+        return doc
+
+    def done(self) -> bool:
+        return self.slurm_state() in TERMINAL_STATES
+
+    def wait(self, timeout: Optional[float] = None, poll_s: float = 1.0, on_status: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+        """Block until the job ends; return the summary. Raises InferxError if the run failed."""
+        deadline = None if timeout is None else time.time() + timeout
+        last_phase = None
+        while True:
+            st = self.status()
+            if on_status and st.get("phase") != last_phase:
+                on_status(st)
+                last_phase = st.get("phase")
+            if st["slurm_state"] in TERMINAL_STATES or st.get("phase") in ("done", "failed"):
+                if st.get("phase") in ("done", "failed") and st["slurm_state"] not in TERMINAL_STATES:
+                    # The driver has finished its work; give Slurm a moment to record the end.
+                    self._wait_slurm_end(10)
+                    st = self.status()
+                break
+            if deadline and time.time() > deadline:
+                raise TimeoutError(f"job {self.job_id} still {st['slurm_state']} after {timeout} s")
+            time.sleep(poll_s)
+        if st.get("phase") == "done":
+            return self.results()
+        diag = st.get("diagnosis") or f"job {self.job_id} ended {st['slurm_state']} before the driver finished (phase {st.get('phase')}); see {self.results_dir}/submitit"
+        raise RunError(diag, self)
+
+    def _wait_slurm_end(self, seconds: float) -> None:
+        end = time.time() + seconds
+        while time.time() < end and self.slurm_state() not in TERMINAL_STATES:
+            time.sleep(0.5)
+
+    def cancel(self) -> None:
+        self._run(["scancel", self.job_id])
+
+    def results(self) -> dict[str, Any]:
+        return read_json(self.results_dir / "summary.json")
+
+    def log_files(self, role: Optional[str] = None, index: Optional[int] = None) -> list[Path]:
+        logs = sorted((self.results_dir / "logs").glob("*.log"))
+        if role:
+            prefix = f"{role}-{index}." if index is not None else f"{role}"
+            logs = [p for p in logs if p.name.startswith(prefix)]
+        return logs
+
+    def follow(self, role: Optional[str] = None, index: Optional[int] = None, poll_s: float = 0.5) -> Iterator[str]:
+        """Yield log lines as they are written, until the job ends."""
+        offsets: dict[Path, int] = {}
+        while True:
+            finished = self.done()
+            for path in self.log_files(role, index):
+                with open(path, errors="replace") as f:
+                    f.seek(offsets.get(path, 0))
+                    for line in f:
+                        yield f"{path.stem}: {line.rstrip()}"
+                    offsets[path] = f.tell()
+            if finished:
+                return
+            time.sleep(poll_s)
+
+
+class RunError(InferxError):
+    exit_code = 1
+
+    def __init__(self, diagnosis: str, handle: JobHandle):
+        super().__init__(diagnosis)
+        self.handle = handle
+
+
+def submit(recipe: Recipe, results_dir: Optional[Path] = None, *, env: Optional[dict[str, str]] = None) -> JobHandle:
+    """Prepare the job dir and submit the deployment. Returns at once with a handle."""
+    import submitit
+
+    from .runtime.driver import run_job
+
+    env = env or {}
+    results_dir, plan, _ = prepare(recipe, results_dir or default_results_dir(recipe))
+    _stage_inputs(recipe, results_dir)
+    folder = results_dir / "submitit"
+    executor = submitit.SlurmExecutor(folder=folder)
+    executor.update_parameters(**executor_params(recipe, plan))
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        job = executor.submit(run_job, str(results_dir))
+    except subprocess.CalledProcessError as e:
+        raise SubmitError(f"sbatch refused the job: {(e.stderr or b'').decode(errors='replace').strip() or e}") from None
+    except Exception as e:  # submitit wraps sbatch failures in several types
+        raise SubmitError(f"sbatch refused the job: {e}") from None
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    atomic_write_json(results_dir / "job.json", {"job_id": job.job_id, "submitted": time.time(), "argv": sys.argv})
+    return JobHandle(job.job_id, results_dir, env=env, job=job)
+
+
+def _stage_inputs(recipe: Recipe, results_dir: Path) -> None:
+    """Images and models are made ready once, before the allocation starts burning nodes."""
+    if recipe.container.runtime is ContainerRuntime.pyxis and recipe.container.image:
+        from .images import import_image
+
+        dest = Path(recipe.container.image_dir or results_dir.parent / "images")
+        res = import_image(recipe.container.image, dest)
+        atomic_write_json(results_dir / "image.json", {"uri": recipe.container.image, "path": str(res.path)})
+
+
+def attach(results_dir: str | Path, env: Optional[dict[str, str]] = None) -> JobHandle:
+    results_dir = Path(results_dir)
+    job = results_dir / "job.json"
+    if not job.exists():
+        raise InferxError(f"{results_dir} holds no submitted job (no job.json); pass a results dir that `launch` made")
+    return JobHandle(read_json(job)["job_id"], results_dir, env=env)

@@ -1,0 +1,371 @@
+"""The recipe schema. These pydantic models are the recipe format and its documentation.
+
+A recipe says what to serve (model, container), where (Slurm settings, topology), how
+(engine, frontend, environment) and what to measure (benchmark, sweep). Loading one
+validates everything a user can get wrong before any job exists.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from .errors import RecipeError
+from .topology import Topology
+
+ROLES = ("prefill", "decode")
+ArgValue = Union[str, int, float, bool, None, list, dict]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are almost always typos ("concurency"); rejecting them names the field.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelSpec(_Strict):
+    path: str = Field(description="local checkpoint dir, HF cache snapshot, or HF repo id (org/name)")
+    served_name: Optional[str] = Field(None, description="name clients request; defaults to the path's last part")
+    stage_dir: Optional[str] = Field(
+        None, description="shared dir to stage the checkpoint into once, under a lock, before serving offline"
+    )
+
+    @property
+    def name(self) -> str:
+        return self.served_name or self.path.rstrip("/").split("/")[-1]
+
+
+class ContainerRuntime(str, Enum):
+    pyxis = "pyxis"
+    none = "none"
+
+
+class ContainerSpec(_Strict):
+    image: Optional[str] = Field(None, description="image URI or .sqsh path (runtime pyxis)")
+    runtime: ContainerRuntime = Field(ContainerRuntime.none, description="pyxis on production clusters; none runs bare processes")
+    image_dir: Optional[str] = Field(None, description="shared dir where imported .sqsh images live")
+    mounts: list[str] = Field(default_factory=list, description="SRC:DST container mounts")
+
+    @model_validator(mode="after")
+    def _image_for_pyxis(self) -> "ContainerSpec":
+        if self.runtime is ContainerRuntime.pyxis and not self.image:
+            raise ValueError("runtime 'pyxis' needs container.image (e.g. nvcr.io#nvidia/ai-dynamo/vllm-runtime:TAG)")
+        return self
+
+
+_TIME_RE = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
+
+
+class SlurmSpec(_Strict):
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: str = Field("01:00:00", description="walltime: MM, HH:MM:SS or D-HH:MM:SS")
+    gpus_per_node: Optional[int] = Field(None, ge=1, le=16, description="defaults to the profile's value")
+    exclusive: bool = True
+    segment: Optional[int] = Field(None, ge=1, description="GB200 NVL72: nodes per NVLink segment (--segment)")
+    job_name: Optional[str] = None
+    sbatch_args: dict[str, ArgValue] = Field(default_factory=dict, description="extra #SBATCH options, e.g. {reservation: x}")
+    srun_args: list[str] = Field(default_factory=list, description="extra flags for every srun step")
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        if not _TIME_RE.match(v):
+            raise ValueError("expected MM, HH:MM:SS or D-HH:MM:SS")
+        return v
+
+    @property
+    def minutes(self) -> int:
+        days, _, rest = self.time.rpartition("-")
+        parts = [int(p) for p in rest.split(":")]
+        if len(parts) == 1:
+            mins = parts[0]
+        elif len(parts) == 2:
+            mins = parts[0] * 60 + parts[1]
+        else:
+            mins = parts[0] * 60 + parts[1] + math.ceil(parts[2] / 60)
+        return (int(days) if days else 0) * 1440 + mins
+
+
+class PlacementSpec(_Strict):
+    share_nodes: bool = Field(False, description="let prefill and decode workers share a node")
+    frontend_node: int = Field(0, ge=0, description="node index of the frontend and discovery infra")
+    port_base: int = Field(20000, ge=1024, le=60000, description="first port of the per-worker port blocks")
+
+
+class Backend(str, Enum):
+    vllm = "vllm"
+    sglang = "sglang"
+    trtllm = "trtllm"
+    mocker = "mocker"
+
+
+class RoleEngine(_Strict):
+    args: dict[str, ArgValue] = Field(default_factory=dict, description="engine flags for this role; win over derived ones")
+    env: dict[str, str] = Field(default_factory=dict)
+    startup_timeout_s: Optional[float] = Field(None, gt=0, description="time for this role to register; default per backend")
+
+
+class EngineSpec(_Strict):
+    backend: Backend = Backend.vllm
+    args: dict[str, ArgValue] = Field(default_factory=dict, description="engine flags for both roles (without the leading --)")
+    env: dict[str, str] = Field(default_factory=dict)
+    prefill: RoleEngine = Field(default_factory=RoleEngine)
+    decode: RoleEngine = Field(default_factory=RoleEngine)
+    python: str = Field("python3", description="interpreter that runs the engine and frontend modules")
+
+    @field_validator("args")
+    @classmethod
+    def _no_dashes(cls, v: dict[str, ArgValue]) -> dict[str, ArgValue]:
+        return {k.lstrip("-"): val for k, val in v.items()}
+
+    def role(self, name: str) -> RoleEngine:
+        return self.prefill if name == "prefill" else self.decode
+
+
+class Discovery(str, Enum):
+    etcd_nats = "etcd+nats"
+    file = "file"
+
+
+class FrontendSpec(_Strict):
+    router_mode: Literal["round-robin", "random", "kv"] = "round-robin"
+    discovery: Discovery = Discovery.etcd_nats
+    http_port: int = Field(8000, ge=1, le=65535)
+    etcd_port: int = Field(2379, ge=1, le=65535)
+    nats_port: int = Field(4222, ge=1, le=65535)
+    args: dict[str, ArgValue] = Field(default_factory=dict, description="extra dynamo.frontend flags")
+
+
+class Scenario(_Strict):
+    isl: int = Field(ge=1, description="input sequence length (tokens)")
+    osl: int = Field(ge=1, description="output sequence length (tokens)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            m = re.fullmatch(r"\s*(\d+)(k?)(\d+)(k?)\s*", data.lower()) or re.fullmatch(
+                r"\s*(\d+)(k?)\s*/\s*(\d+)(k?)\s*", data.lower()
+            )
+            if not m:
+                raise ValueError("expected {isl: N, osl: M} or a name like '8k1k' or '1024/1024'")
+            isl = int(m.group(1)) * (1024 if m.group(2) else 1)
+            osl = int(m.group(3)) * (1024 if m.group(4) else 1)
+            return {"isl": isl, "osl": osl}
+        return data
+
+    @property
+    def name(self) -> str:
+        def short(n: int) -> str:
+            return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+        return f"{short(self.isl)}{short(self.osl)}"
+
+
+class BenchmarkSpec(_Strict):
+    client: Literal["aiperf"] = "aiperf"
+    scenarios: list[Scenario] = Field(default_factory=lambda: [Scenario(isl=1024, osl=1024)], min_length=1)
+    concurrency: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    requests_per_concurrency: int = Field(10, ge=1, description="requests = max(min_requests, this x concurrency)")
+    min_requests: int = Field(20, ge=1)
+    warmup_requests: int = Field(0, ge=0)
+    stall_timeout_s: float = Field(120, gt=0, description="fail when no request completes for this long")
+    tokenizer: Optional[str] = Field(None, description="tokenizer the client counts tokens with; defaults to model.path")
+    args: dict[str, ArgValue] = Field(default_factory=dict, description="extra client flags")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _conc(cls, v: list[int]) -> list[int]:
+        bad = [c for c in v if c < 1]
+        if bad:
+            raise ValueError(f"concurrency values must be >= 1, got {bad}")
+        return sorted(set(v))
+
+    def requests_for(self, concurrency: int) -> int:
+        return max(self.min_requests, self.requests_per_concurrency * concurrency)
+
+
+class SweepOverride(_Strict):
+    match: dict[str, Any] = Field(default_factory=dict, description="topology / scenario / concurrency to match")
+    set: dict[str, Any] = Field(description="dotted recipe paths and values, e.g. {engine.decode.args.max-num-seqs: 512}")
+
+    @field_validator("match")
+    @classmethod
+    def _keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = set(v) - {"topology", "scenario", "concurrency"}
+        if bad:
+            raise ValueError(f"can match only topology, scenario, concurrency; got {sorted(bad)}")
+        return v
+
+
+class SweepSpec(_Strict):
+    topologies: list[Topology] = Field(default_factory=list, description="defaults to the recipe's topology")
+    scenarios: list[Scenario] = Field(default_factory=list, description="defaults to benchmark.scenarios")
+    concurrency: list[int] = Field(default_factory=list, description="defaults to benchmark.concurrency")
+    overrides: list[SweepOverride] = Field(default_factory=list)
+
+    @field_serializer("topologies")
+    def _ser_topos(self, v: list[Topology]) -> list[str]:
+        return [str(t) for t in v]
+
+
+class Recipe(_Strict):
+    """A disaggregated serving deployment and the benchmark to run on it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="job and results name")
+    profile: str = Field("generic", description="environment profile: see `inferx-slurm profiles`")
+    model: ModelSpec
+    container: ContainerSpec = Field(default_factory=ContainerSpec)
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    topology: Topology
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    frontend: FrontendSpec = Field(default_factory=FrontendSpec)
+    env: dict[str, str] = Field(default_factory=dict, description="environment for every process; wins over the profile")
+    setup_scripts: list[str] = Field(default_factory=list, description="scripts sourced on every node before a worker starts")
+    benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    sweep: Optional[SweepSpec] = None
+
+    @field_serializer("topology")
+    def _ser_topo(self, v: Topology) -> str:
+        return str(v)
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, v: Any) -> Any:
+        # YAML turns `NCCL_CUMEM_ENABLE: 1` into an int; environment values are strings.
+        if isinstance(v, dict):
+            return {k: _env_str(val) for k, val in v.items()}
+        return v
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: str) -> str:
+        from .profiles import PROFILES
+
+        if v not in PROFILES:
+            raise ValueError(f"unknown profile; valid: {', '.join(sorted(PROFILES))}")
+        return v
+
+    @property
+    def gpus_per_node(self) -> int:
+        from .profiles import PROFILES
+
+        return self.slurm.gpus_per_node or PROFILES[self.profile].gpus_per_node
+
+    # --- I/O -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "recipe") -> "Recipe":
+        if not isinstance(data, dict):
+            raise RecipeError("<recipe>", type(data).__name__, f"{source} must be a mapping of recipe fields")
+        data = _normalize_role_env(expand_vars(data))
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise RecipeError.from_validation(e, model=cls) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        p = Path(path)
+        if not p.is_file():
+            raise RecipeError("recipe", str(path), "expected a readable YAML or JSON recipe file")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise RecipeError("recipe", str(path), f"is not valid YAML: {e}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def with_overrides(self, sets: dict[str, Any]) -> "Recipe":
+        """A copy with dotted-path fields replaced, validated again."""
+        data = self.to_dict()
+        for dotted, value in sets.items():
+            _set_dotted(data, dotted, value)
+        return Recipe.from_dict(data)
+
+
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_vars(data: Any, path: str = "", environ: Optional[dict[str, str]] = None) -> Any:
+    """Expand ${NAME} and ${NAME:-default} from the submitting environment in every string.
+
+    Recipes name site paths (model dirs, caches) that differ per cluster; CI launchers pass
+    them as environment variables. Expansion happens once, at load, so the saved recipe
+    records the values that ran.
+    """
+    env = os.environ if environ is None else environ
+    if isinstance(data, dict):
+        return {k: expand_vars(v, f"{path}.{k}" if path else str(k), env) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_vars(v, f"{path}.{i}", env) for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data:
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise RecipeError(path, data, f"${{{name}}} is not set: export {name} or write ${{{name}:-default}}")
+
+        return _VAR_RE.sub(sub, data)
+    return data
+
+
+def _env_str(v: Any) -> Any:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return v
+
+
+def _normalize_role_env(data: dict[str, Any]) -> dict[str, Any]:
+    engine = data.get("engine")
+    if isinstance(engine, dict):
+        engine = dict(engine)
+        for key in ("env", *ROLES):
+            part = engine.get(key)
+            if key == "env" and isinstance(part, dict):
+                engine["env"] = {k: _env_str(v) for k, v in part.items()}
+            elif isinstance(part, dict) and isinstance(part.get("env"), dict):
+                engine[key] = {**part, "env": {k: _env_str(v) for k, v in part["env"].items()}}
+        data = {**data, "engine": engine}
+    return data
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    # Engine flags contain dots never, but do contain dashes; split on dots only.
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise RecipeError(dotted, value, f"'{part}' is not a section that can hold '{parts[-1]}'")
+        node = nxt
+    node[parts[-1]] = value

@@ -1,0 +1,252 @@
+"""Rendering: recipe + plan -> the exact scripts and step commands of a job. No I/O but
+reading the templates shipped in ``sbatch_templates/``.
+
+Every value that reaches a shell goes through :func:`shell_word`; the only unquoted
+expansions are the address variables the scripts define themselves.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from .engines import LEADER_ADDR, INFRA_ADDR, NodeCommand, node_commands, startup_timeout
+from .plan import Plan, WorkerPlacement, plan_recipe
+from .profiles import PROFILES
+from .recipe import ContainerRuntime, Discovery, Recipe
+
+StepKind = Literal["infra", "frontend", "worker"]
+_PLACEHOLDERS = (LEADER_ADDR, INFRA_ADDR)
+_PH_RE = re.compile("(" + "|".join(re.escape(p) for p in _PLACEHOLDERS) + ")")
+
+
+def shell_word(token: str) -> str:
+    """Quote one argv token; address placeholders stay expandable, everything else is literal."""
+    parts = _PH_RE.split(token)
+    if len(parts) == 1:
+        return shlex.quote(token)
+    return "".join(f'"{p}"' if p in _PLACEHOLDERS else (shlex.quote(p) if p else "") for p in parts)
+
+
+def shell_join(argv: list[str]) -> str:
+    return " ".join(shell_word(a) for a in argv)
+
+
+class Step(BaseModel):
+    """One srun step: a script on one node."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str  # also the log file stem
+    kind: StepKind
+    role: Optional[str] = None
+    index: Optional[int] = None
+    node: int  # plan node index
+    node_rank: int = 0
+    gpus: int = 0
+    script: str  # path relative to the job dir
+    leader: bool = True  # the process that registers with discovery (or the only one)
+    startup_timeout_s: float = 0.0
+
+
+class RenderedJob(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    job_dir: str
+    files: dict[str, str]  # relative path -> content
+    steps: list[Step]
+    env: dict[str, str]  # what the driver exports to every step
+
+
+@lru_cache(maxsize=None)
+def template(name: str) -> str:
+    return _templates_dir().joinpath(name).read_text()
+
+
+def _templates_dir():
+    # Installed wheels carry the templates as package data; a checkout reads them in place.
+    packaged = resources.files("inferx_slurm").joinpath("sbatch_templates")
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "sbatch_templates"
+
+
+def fill(text: str, **values: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in values:
+            raise KeyError(f"template needs a value for {key!r}")
+        return values[key]
+
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", sub, text)
+
+
+def exports(env: dict[str, str]) -> str:
+    return "\n".join(f"export {k}={shell_word(v)}" for k, v in env.items()) or ":"
+
+
+def discovery_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
+    fe = recipe.frontend
+    if fe.discovery is Discovery.file:
+        return {"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": f"{job_dir}/discovery"}
+    return {
+        "ETCD_ENDPOINTS": f"http://{INFRA_ADDR}:{fe.etcd_port}",
+        "NATS_SERVER": f"nats://{INFRA_ADDR}:{fe.nats_port}",
+    }
+
+
+def base_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
+    env = dict(PROFILES[recipe.profile].env)
+    env.update(recipe.env)
+    env.update(discovery_env(recipe, job_dir))
+    if recipe.model.stage_dir:
+        # Staged checkpoints are complete on disk; a hub lookup from many nodes is what races.
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[NodeCommand], job_dir: str) -> str:
+    env = base_env(recipe, job_dir)
+    env.update(recipe.engine.env)
+    env.update(recipe.engine.role(w.role).env)
+    cache_root = f"{job_dir}/cache"
+    cache = "\n".join(
+        f'export {var}={shell_word(cache_root)}/"$(hostname)"/{var.lower()}' for var in PROFILES[recipe.profile].per_node_cache_vars
+    )
+    setup = "\n".join(f"source {shell_word(s)}" for s in recipe.setup_scripts) or ":"
+    cases = []
+    for c in cmds:
+        lines = [f"  {c.node_rank})  # plan node {c.node}" + (" (leader)" if c.leader else "")]
+        lines += [f"    export {k}={shell_word(v)}" for k, v in c.env.items()]
+        lines.append(f"    exec {shell_join(c.argv)} ;;")
+        cases.append("\n".join(lines))
+    return fill(
+        template("worker.sh"),
+        title=f"{w.name}: {w.parallel} over {w.gpus} GPUs on plan nodes {', '.join(map(str, w.nodes))}",
+        script_name=f"{w.name}.sh",
+        nodes_env=shell_word(f"{job_dir}/nodes.env"),
+        leader_node=str(w.leader),
+        frontend_node=str(plan.frontend_node),
+        env_exports=exports(env),
+        cache_exports=cache,
+        setup_sources=setup,
+        worker=w.name,
+        cases="\n".join(cases),
+    )
+
+
+def frontend_argv(recipe: Recipe) -> list[str]:
+    fe = recipe.frontend
+    argv = [recipe.engine.python, "-m", "dynamo.frontend", "--http-port", str(fe.http_port), "--router-mode", fe.router_mode]
+    for k, v in fe.args.items():
+        if v is None or v is False:
+            continue
+        argv.append(f"--{k.lstrip('-')}")
+        if v is not True:
+            argv.append(str(v))
+    return argv
+
+
+def infra_body(recipe: Recipe) -> str:
+    fe = recipe.frontend
+    etcd = [
+        "etcd", "--name", "inferx", "--data-dir", "$state/etcd",
+        "--listen-client-urls", f"http://0.0.0.0:{fe.etcd_port}",
+        "--advertise-client-urls", f"http://$INFRA_ADDR:{fe.etcd_port}",
+        "--listen-peer-urls", f"http://127.0.0.1:{fe.etcd_port + 1}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{fe.etcd_port + 1}",
+        "--initial-cluster", f"inferx=http://127.0.0.1:{fe.etcd_port + 1}",
+    ]
+    nats = ["nats-server", "-js", "-a", "0.0.0.0", "-p", str(fe.nats_port), "--store_dir", "$state/nats"]
+
+    def line(argv: list[str]) -> str:
+        # $state and $INFRA_ADDR are the script's own variables; keep them expandable.
+        return " ".join(a if "$" not in a else f'"{a}"' for a in (shlex.quote(x) if "$" not in x else x for x in argv))
+
+    return "\n".join(
+        [
+            "trap 'kill $(jobs -p) 2>/dev/null; wait' TERM INT EXIT",
+            f"{line(etcd)} > \"$state/etcd.log\" 2>&1 &",
+            f"{line(nats)} > \"$state/nats.log\" 2>&1 &",
+            "# Either server exiting ends the step, so the watchdog sees it at once.",
+            "wait -n",
+            'echo "[inferx] a discovery server exited; see $state/*.log" >&2',
+            "exit 1",
+        ]
+    )
+
+
+def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> RenderedJob:
+    plan = plan or plan_recipe(recipe)
+    job_dir = str(PurePosixPath(job_dir))
+    files: dict[str, str] = {}
+    steps: list[Step] = []
+    fe_node = plan.frontend_node
+
+    if recipe.frontend.discovery is Discovery.etcd_nats:
+        files["scripts/infra.sh"] = fill(
+            template("infra.sh"),
+            discovery=recipe.frontend.discovery.value,
+            nodes_env=shell_word(f"{job_dir}/nodes.env"),
+            frontend_node=str(fe_node),
+            state_dir=shell_word(f"{job_dir}/infra"),
+            body=infra_body(recipe),
+        )
+        steps.append(Step(name="infra", kind="infra", node=fe_node, script="scripts/infra.sh", startup_timeout_s=60))
+
+    fe_env = base_env(recipe, job_dir)
+    files["scripts/frontend.sh"] = fill(
+        template("frontend.sh"),
+        http_port=str(recipe.frontend.http_port),
+        nodes_env=shell_word(f"{job_dir}/nodes.env"),
+        frontend_node=str(fe_node),
+        env_exports=exports(fe_env),
+        command=shell_join(frontend_argv(recipe)),
+    )
+    steps.append(Step(name="frontend", kind="frontend", node=fe_node, script="scripts/frontend.sh", startup_timeout_s=120))
+
+    for w in plan.workers:
+        cmds = node_commands(recipe, plan, w)
+        files[f"scripts/{w.name}.sh"] = worker_script(recipe, plan, w, cmds, job_dir)
+        for c in cmds:
+            steps.append(
+                Step(
+                    name=f"{w.name}.n{c.node_rank}",
+                    kind="worker",
+                    role=w.role,
+                    index=w.index,
+                    node=c.node,
+                    node_rank=c.node_rank,
+                    gpus=len(w.slices[c.node_rank].gpus),
+                    script=f"scripts/{w.name}.sh",
+                    leader=c.leader,
+                    startup_timeout_s=startup_timeout(recipe, w.role),
+                )
+            )
+    return RenderedJob(job_dir=job_dir, files=files, steps=steps, env={"INFERX_JOB_DIR": job_dir})
+
+
+def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Optional[str] = None) -> list[str]:
+    """The srun command that starts one step on its node."""
+    argv = [
+        "srun", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={host}",
+        f"--job-name={step.name}", f"--output={job_dir}/logs/{step.name}.log", "--open-mode=append",
+        "--kill-on-bad-exit=1",
+    ]
+    if step.gpus:
+        argv.append(f"--gres=gpu:{step.gpus}")
+    if recipe.container.runtime is ContainerRuntime.pyxis and image:
+        argv.append(f"--container-image={image}")
+        mounts = [f"{job_dir}:{job_dir}", *recipe.container.mounts]
+        argv.append("--container-mounts=" + ",".join(mounts))
+    argv += list(recipe.slurm.srun_args)
+    argv += ["bash", f"{job_dir}/{step.script}"]
+    if step.kind == "worker":
+        argv.append(str(step.node_rank))
+    return argv

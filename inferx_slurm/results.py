@@ -1,0 +1,54 @@
+"""The results table: reading summaries and printing them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .fsutil import read_json
+
+COLUMNS = [
+    ("isl", "ISL", "{:d}"),
+    ("osl", "OSL", "{:d}"),
+    ("concurrency", "conc", "{:d}"),
+    ("num_prefill_gpu", "P gpu", "{:d}"),
+    ("num_decode_gpu", "D gpu", "{:d}"),
+    ("total_token_throughput", "tok/s", "{:.1f}"),
+    ("tput_per_gpu", "tok/s/gpu", "{:.1f}"),
+    ("output_tput_per_gpu", "out/s/gpu", "{:.1f}"),
+    ("mean_ttft_ms", "TTFT ms", "{:.1f}"),
+    ("p99_ttft_ms", "p99 TTFT", "{:.1f}"),
+    ("mean_tpot_ms", "TPOT ms", "{:.2f}"),
+    ("intvty", "tok/s/user", "{:.1f}"),
+    ("completed", "done", "{:d}"),
+    ("failed", "failed", "{:d}"),
+]
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    v = row.get(key)
+    if v is None:
+        return "-"
+    try:
+        return fmt.format(int(v) if "d}" in fmt else float(v))
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no results)"
+    cells = [[h for _, h, _ in COLUMNS]] + [[_cell(r, k, f) for k, _, f in COLUMNS] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells)
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "summary.json"
+    if not p.exists():
+        from .errors import InferxError
+
+        raise InferxError(f"no summary.json at {p}; pass a results dir written by `launch`")
+    return read_json(p)

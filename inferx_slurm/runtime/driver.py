@@ -1,0 +1,257 @@
+"""The job driver: runs on the allocation's first node, brings the deployment up step by
+step, benchmarks it, and tears it down. Any fault ends the run within seconds, with a
+diagnosis, every log kept and partial results marked partial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ..benchmark import AIPERF_EXPORT, aiperf_argv, point_dir, summarize
+from ..fsutil import atomic_write, atomic_write_json, read_json
+from ..plan import Plan
+from ..recipe import Discovery, Recipe
+from ..render import RenderedJob, srun_argv
+from . import metrics, nodes, readiness
+from .steps import RunningStep, stop_all
+from .watchdog import Fault, check_exits, check_nodes
+
+POLL_S = 0.5
+NODE_CHECK_S = 2.0
+
+
+class RunFailed(RuntimeError):
+    """The deployment failed; the diagnosis is in the results dir."""
+
+
+class Driver:
+    def __init__(self, job_dir: Path):
+        self.dir = job_dir
+        self.recipe = Recipe.from_dict(read_json(job_dir / "recipe.json"))
+        self.plan = Plan.model_validate(read_json(job_dir / "plan.json"))
+        self.job = RenderedJob.model_validate(read_json(job_dir / "rendered.json"))
+        self.steps: list[RunningStep] = []
+        self.hosts: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []
+        self.t0 = time.time()
+        self._last_node_check = 0.0
+        self._cancel: Optional[str] = None
+        self._client: Optional[subprocess.Popen] = None
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def event(self, what: str, **extra: Any) -> None:
+        self.events.append({"t": round(time.time() - self.t0, 3), "event": what, **extra})
+        print(f"[inferx] +{time.time() - self.t0:7.2f}s {what} {extra if extra else ''}", flush=True)
+
+    def status(self, phase: str, **extra: Any) -> None:
+        atomic_write_json(
+            self.dir / "status.json",
+            {"phase": phase, "job_id": os.environ.get("SLURM_JOB_ID"), "hosts": self.hosts,
+             "started": self.t0, "updated": time.time(), "events": self.events, **extra},
+        )
+
+    def write_summary(self, partial: bool) -> None:
+        atomic_write_json(
+            self.dir / "summary.json",
+            {"name": self.recipe.name, "topology": self.plan.topology, "partial": partial,
+             "total_gpus": self.plan.total_gpus, "rows": self.rows},
+        )
+
+    # --- the run -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            self.status("starting")
+            self._resolve_nodes()
+            self._start_infra()
+            self._start_engines()
+            self._wait_ready()
+            self.status("benchmarking")
+            self._benchmark()
+        except _FaultRaised as f:
+            return self._fail(f.fault)
+        finally:
+            self._stop_client()
+            stop_all(self.steps)
+        self.write_summary(partial=False)
+        self.event("done")
+        self.status("done")
+        return {"rows": self.rows}
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._cancel = signal.Signals(signum).name
+
+    def _fail(self, fault: Fault) -> dict[str, Any]:
+        self._stop_client()
+        stop_all(self.steps)
+        text = fault.diagnosis()
+        atomic_write(self.dir / "diagnosis.txt", text + "\n")
+        self.write_summary(partial=True)
+        self.event("failed", kind=fault.kind)
+        self.status("failed", fault=fault.kind, diagnosis=text, fault_at=fault.at)
+        print(f"[inferx] FAILED: {text}", flush=True)
+        raise RunFailed(text)
+
+    def _resolve_nodes(self) -> None:
+        self.hosts = nodes.allocation_hosts()
+        if len(self.hosts) < self.plan.total_nodes:
+            raise _FaultRaised(Fault("infra", None, f"allocation has {len(self.hosts)} nodes, plan needs {self.plan.total_nodes}"))
+        self.hosts = self.hosts[: self.plan.total_nodes]
+        self.addrs = nodes.node_addresses(self.hosts)
+        nodes.write_nodes_env(str(self.dir / "nodes.env"), self.hosts, self.addrs)
+        self.event("nodes", hosts=self.hosts)
+
+    def _launch(self, kind: str) -> None:
+        for st in self.job.steps:
+            if st.kind != kind:
+                continue
+            host = self.hosts[st.node]
+            rs = RunningStep(
+                step=st, host=host, argv=srun_argv(self.recipe, st, host, str(self.dir), self._image()),
+                log=self.dir / "logs" / f"{st.name}.log",
+            )
+            rs.start(self.job.env)
+            self.steps.append(rs)
+
+    def _image(self) -> Optional[str]:
+        path = self.dir / "image.json"
+        return read_json(path)["path"] if path.exists() else self.recipe.container.image
+
+    @property
+    def infra_addr(self) -> str:
+        return self.addrs[self.hosts[self.plan.frontend_node]]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.infra_addr}:{self.recipe.frontend.http_port}"
+
+    def _start_infra(self) -> None:
+        fe = self.recipe.frontend
+        if fe.discovery is Discovery.file:
+            (self.dir / "discovery").mkdir(exist_ok=True)
+            return
+        self._launch("infra")
+        deadline = time.time() + 60
+        while not all(_port_open(self.infra_addr, p) for p in (fe.etcd_port, fe.nats_port)):
+            self._watch()
+            if time.time() > deadline:
+                infra = next(s for s in self.steps if s.step.kind == "infra")
+                raise _FaultRaised(Fault("infra", infra, "etcd/NATS did not open their ports within 60 s.", host=infra.host))
+            time.sleep(0.2)
+        self.event("infra ready")
+
+    def _start_engines(self) -> None:
+        self._launch("frontend")
+        self._launch("worker")
+        self.event("engines started", steps=len(self.steps))
+
+    def _wait_ready(self) -> None:
+        want = {r: len(self.plan.role_workers(r)) for r in ("prefill", "decode")}
+        started = time.time()
+        timeouts = {r: max((s.startup_timeout_s for s in self.job.steps if s.role == r), default=0) for r in want}
+        while True:
+            self._watch()
+            have = readiness.registered_workers(self.base_url)
+            models = readiness.served_models(self.base_url)
+            if self.recipe.model.name in models and all(have[r] >= want[r] for r in want):
+                self.event("ready", registered=have, seconds=round(time.time() - started, 2))
+                self.status("ready", registered=have)
+                return
+            waited = time.time() - started
+            for role, n in want.items():
+                if have[role] < n and waited > timeouts[role]:
+                    workers = [s for s in self.steps if s.step.role == role and s.step.leader]
+                    raise _FaultRaised(
+                        Fault("not_ready", workers[0] if workers else None,
+                              f"{role} workers did not become ready within {timeouts[role]:.0f} s: "
+                              f"{have[role]} of {n} registered (model listed: {self.recipe.model.name in models}).")
+                    )
+            time.sleep(POLL_S)
+
+    def _watch(self) -> None:
+        if self._cancel:
+            raise _FaultRaised(Fault("cancelled", None, f"run cancelled by {self._cancel}."))
+        fault = check_exits(self.steps)
+        if fault is None and time.time() - self._last_node_check > NODE_CHECK_S:
+            self._last_node_check = time.time()
+            fault = check_nodes(self.steps, self.hosts)
+        if fault:
+            raise _FaultRaised(fault)
+
+    def _benchmark(self) -> None:
+        b = self.recipe.benchmark
+        tokenizer = b.tokenizer or self.recipe.model.path
+        for scen in b.scenarios:
+            for conc in b.concurrency:
+                out = self.dir / point_dir(scen, conc)
+                out.mkdir(parents=True, exist_ok=True)
+                argv = aiperf_argv(self.recipe, scen, conc, url=self.base_url, artifact_dir=str(out), tokenizer=tokenizer)
+                self.event("benchmark", scenario=scen.name, concurrency=conc)
+                self._run_client(argv, out)
+                export = out / AIPERF_EXPORT
+                if not export.exists():
+                    raise _FaultRaised(Fault("client", None, f"benchmark client wrote no {AIPERF_EXPORT} for {scen.name} c{conc}; see {out}/client.log"))
+                self.rows.append(
+                    summarize(read_json(export), isl=scen.isl, osl=scen.osl, concurrency=conc,
+                              prefill_gpus=self.plan.prefill_gpus, decode_gpus=self.plan.decode_gpus,
+                              expected_requests=b.requests_for(conc))
+                )
+                self.write_summary(partial=True)
+
+    def _run_client(self, argv: list[str], out: Path) -> None:
+        env = {**os.environ, **self.recipe.env}
+        with open(out / "client.log", "ab") as log:
+            self._client = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out, start_new_session=True)
+        last_progress, last_value = time.time(), -1.0
+        stall = self.recipe.benchmark.stall_timeout_s
+        while self._client.poll() is None:
+            self._watch()
+            text = metrics.scrape(f"{self.base_url}/metrics")
+            value = metrics.counter_total(text) if text else last_value
+            if value != last_value:
+                last_progress, last_value = time.time(), value
+            elif time.time() - last_progress > stall:
+                raise _FaultRaised(Fault("stalled", None, f"benchmark made no progress for {stall:.0f} s (frontend counters unchanged at {value:.0f})."))
+            time.sleep(POLL_S)
+        rc = self._client.returncode
+        self._client = None
+        if rc != 0:
+            raise _FaultRaised(Fault("client", None, f"benchmark client exited with code {rc}; see {out}/client.log"))
+
+    def _stop_client(self) -> None:
+        if self._client and self._client.poll() is None:
+            os.killpg(self._client.pid, signal.SIGTERM)
+            try:
+                self._client.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._client.pid, signal.SIGKILL)
+        self._client = None
+
+
+class _FaultRaised(Exception):
+    def __init__(self, fault: Fault):
+        super().__init__(fault.message)
+        self.fault = fault
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def run_job(job_dir: str) -> dict[str, Any]:
+    """Entry point inside the allocation (what submitit runs)."""
+    return Driver(Path(job_dir)).run()

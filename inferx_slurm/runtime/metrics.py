@@ -1,0 +1,32 @@
+"""Progress from the frontend's Prometheus metrics, to tell a slow benchmark from a stuck one."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Optional
+
+# Counters that only grow while requests make progress.
+PROGRESS_METRICS = ("dynamo_frontend_output_tokens_total", "dynamo_frontend_requests_total")
+
+
+def scrape(url: str, timeout: float = 2.0) -> Optional[str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def counter_total(text: str, names: tuple[str, ...] = PROGRESS_METRICS) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in names:
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+    return total

@@ -1,0 +1,47 @@
+"""Is the deployment up? The frontend must list the model AND every planned worker must be
+registered; a frontend that serves the model with half the workers is not ready."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any, Optional
+
+
+def http_json(url: str, timeout: float = 2.0) -> Optional[Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.loads(r.read().decode() or "null")
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def served_models(base_url: str) -> list[str]:
+    doc = http_json(f"{base_url}/v1/models")
+    if not isinstance(doc, dict):
+        return []
+    return [m.get("id", "") for m in doc.get("data", []) if isinstance(m, dict)]
+
+
+def registered_workers(base_url: str) -> dict[str, int]:
+    """Registered engine instances per role, from the frontend's /health instance list.
+
+    Each worker registers one instance per endpoint it serves; counting distinct instance ids
+    on the `generate` endpoint counts workers. Prefill workers register under a component
+    whose name contains 'prefill'; every other generate instance is a decode worker.
+    """
+    doc = http_json(f"{base_url}/health")
+    counts = {"prefill": 0, "decode": 0}
+    if not isinstance(doc, dict):
+        return counts
+    seen: set[tuple[str, Any]] = set()
+    for inst in doc.get("instances", []) or []:
+        if not isinstance(inst, dict) or inst.get("endpoint") != "generate":
+            continue
+        role = "prefill" if "prefill" in str(inst.get("component", "")).lower() else "decode"
+        key = (role, inst.get("instance_id"))
+        if key not in seen:
+            seen.add(key)
+            counts[role] += 1
+    return counts

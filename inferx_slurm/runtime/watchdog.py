@@ -1,0 +1,72 @@
+"""Failure detection. Every check returns a Fault naming what failed and where, or None."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from . import nodes as nodes_mod
+from .steps import RunningStep, describe_exit
+
+HINTS = [
+    # (substring in the log tail, what to do)
+    ("Stale file handle", "several nodes wrote one shared cache at once: stage the model first (model.stage_dir) and serve with HF_HUB_OFFLINE=1"),
+    ("NIXL is not available", "the image has no NIXL bindings, which NixlConnector needs: use an image that ships nixl (e.g. install the dynamo wheel)"),
+    ("LocalEntryNotFoundError", "a hub download was attempted with HF_HUB_OFFLINE=1: stage the model (inferx-slurm model stage) and point model.path at it"),
+    ("offline mode is enabled", "a hub download was attempted with HF_HUB_OFFLINE=1: stage the model (inferx-slurm model stage) and point model.path at it"),
+    ("FileLock", "a build is waiting on a lock in a shared cache dir: every node needs its own TORCH_EXTENSIONS_DIR/TRITON_CACHE_DIR (the default; check recipe env overrides)"),
+    ("torch_extensions", "concurrent builds into one shared torch extensions dir deadlock: keep per-node cache dirs (the default)"),
+    ("CUDA out of memory", "the engine ran out of GPU memory: lower max-num-seqs / gpu-memory-utilization or use more GPUs per worker"),
+    ("Address already in use", "a port is taken: change placement.port_base or frontend ports"),
+]
+
+
+@dataclass
+class Fault:
+    kind: str  # exited | not_ready | node_down | stalled | cancelled | infra
+    step: Optional[RunningStep]
+    message: str
+    at: float = field(default_factory=time.time)
+    host: str = ""
+
+    def diagnosis(self, tail_lines: int = 15) -> str:
+        parts = [self.message]
+        if self.step is not None:
+            s = self.step.step
+            who = f"{s.role} worker {s.index}" if s.kind == "worker" else s.kind
+            parts.append(
+                f"Where: {who} (step {s.name}), plan node {s.node}, host {self.step.host}; "
+                f"{describe_exit(self.step.returncode)}; log {self.step.log}."
+            )
+            tail = self.step.tail(tail_lines)
+            hints = {h for needle, h in HINTS for line in tail if needle in line}
+            if hints:
+                parts.append("Hint: " + " / ".join(sorted(hints)) + ".")
+            if tail:
+                parts.append("Last log lines:\n    " + "\n    ".join(tail))
+        return "\n".join(parts)
+
+
+def check_exits(steps: list[RunningStep]) -> Optional[Fault]:
+    for s in steps:
+        if s.stopping:
+            continue
+        rc = s.poll()
+        if rc is not None:
+            st = s.step
+            who = f"{st.role} worker {st.index}" if st.kind == "worker" else st.kind
+            return Fault("exited", s, f"{who} exited ({describe_exit(rc)}) on host {s.host}.", host=s.host)
+    return None
+
+
+def check_nodes(steps: list[RunningStep], hosts: list[str]) -> Optional[Fault]:
+    states = nodes_mod.node_states(hosts)
+    for host in hosts:
+        state = states.get(host, "")
+        if state and nodes_mod.is_dead(state):
+            on_node = [s for s in steps if s.host == host]
+            victim = next((s for s in on_node if s.step.kind == "worker"), on_node[0] if on_node else None)
+            names = ", ".join(s.step.name for s in on_node) or "no steps"
+            return Fault("node_down", victim, f"node {host} is {state} (slurmd not responding); it ran {names}.", host=host)
+    return None

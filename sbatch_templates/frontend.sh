@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Dynamo frontend: OpenAI-compatible HTTP on port {{ http_port }}; rendered by inferx-slurm.
+set -euo pipefail
+source {{ nodes_env }}
+INFRA_ADDR="${INFERX_ADDR_{{ frontend_node }}}"
+export INFRA_ADDR
+{{ env_exports }}
+echo "[inferx] frontend host=$(hostname) start=$(date +%s.%N)"
+exec {{ command }}

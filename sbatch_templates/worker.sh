@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# {{ title }}
+# Rendered by inferx-slurm from the recipe and plan; run as: {{ script_name }} NODE_RANK
+set -euo pipefail
+node_rank="${1:?usage: {{ script_name }} NODE_RANK}"
+source {{ nodes_env }}
+LEADER_ADDR="${INFERX_ADDR_{{ leader_node }}}"
+INFRA_ADDR="${INFERX_ADDR_{{ frontend_node }}}"
+export LEADER_ADDR INFRA_ADDR
+{{ env_exports }}
+# Every node gets its own compile caches: concurrent builds into one shared cache dir deadlock.
+{{ cache_exports }}
+{{ setup_sources }}
+echo "[inferx] {{ worker }} node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
+case "$node_rank" in
+{{ cases }}
+  *) echo "[inferx] {{ worker }}: no node rank $node_rank in this worker" >&2; exit 2 ;;
+esac

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Discovery infra (etcd+nats) for the deployment; rendered by inferx-slurm.
+set -euo pipefail
+source /shared/results/golden/nodes.env
+INFRA_ADDR="${INFERX_ADDR_0}"
+state=/shared/results/golden/infra
+mkdir -p "$state"
+echo "[inferx] infra host=$(hostname) start=$(date +%s.%N)"
+trap 'kill $(jobs -p) 2>/dev/null; wait' TERM INT EXIT
+etcd --name inferx --data-dir "$state/etcd" --listen-client-urls http://0.0.0.0:2379 --advertise-client-urls "http://$INFRA_ADDR:2379" --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 --initial-cluster inferx=http://127.0.0.1:2380 > "$state/etcd.log" 2>&1 &
+nats-server -js -a 0.0.0.0 -p 4222 --store_dir "$state/nats" > "$state/nats.log" 2>&1 &
+# Either server exiting ends the step, so the watchdog sees it at once.
+wait -n
+echo "[inferx] a discovery server exited; see $state/*.log" >&2
+exit 1

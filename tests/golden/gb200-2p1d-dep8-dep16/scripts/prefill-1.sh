@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# prefill-1: DEP8 over 8 GPUs on plan nodes 2, 3
+# Rendered by inferx-slurm from the recipe and plan; run as: prefill-1.sh NODE_RANK
+set -euo pipefail
+node_rank="${1:?usage: prefill-1.sh NODE_RANK}"
+source /shared/results/golden/nodes.env
+LEADER_ADDR="${INFERX_ADDR_2}"
+INFRA_ADDR="${INFERX_ADDR_0}"
+export LEADER_ADDR INFRA_ADDR
+export UCX_TLS=cuda_copy,cuda_ipc,tcp
+export UCX_CUDA_IPC_ENABLE_MNNVL=y
+export UCX_MEMTYPE_CACHE=n
+export UCX_MEMTYPE_REG_WHOLE=n
+export NCCL_CUMEM_ENABLE=1
+export ETCD_ENDPOINTS=http://"${INFRA_ADDR}":2379
+export NATS_SERVER=nats://"${INFRA_ADDR}":4222
+export HF_HUB_OFFLINE=1
+# Every node gets its own compile caches: concurrent builds into one shared cache dir deadlock.
+export TORCH_EXTENSIONS_DIR=/shared/results/golden/cache/"$(hostname)"/torch_extensions_dir
+export TRITON_CACHE_DIR=/shared/results/golden/cache/"$(hostname)"/triton_cache_dir
+export FLASHINFER_WORKSPACE_BASE=/shared/results/golden/cache/"$(hostname)"/flashinfer_workspace_base
+export VLLM_CACHE_ROOT=/shared/results/golden/cache/"$(hostname)"/vllm_cache_root
+export XDG_CACHE_HOME=/shared/results/golden/cache/"$(hostname)"/xdg_cache_home
+:
+echo "[inferx] prefill-1 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
+case "$node_rank" in
+  0)  # plan node 2 (leader)
+    export DYN_SYSTEM_PORT=20010
+    export VLLM_NIXL_SIDE_CHANNEL_PORT=20011
+    exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 1 --data-parallel-size 8 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port 20012 --data-parallel-start-rank 0 --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code ;;
+  1)  # plan node 3
+    export DYN_SYSTEM_PORT=20010
+    export VLLM_NIXL_SIDE_CHANNEL_PORT=20011
+    exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 1 --data-parallel-size 8 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port 20012 --data-parallel-start-rank 4 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code ;;
+  *) echo "[inferx] prefill-1: no node rank $node_rank in this worker" >&2; exit 2 ;;
+esac

@@ -1,0 +1,105 @@
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from inferx_slurm.executor import sbatch_script
+from inferx_slurm.plan import plan_recipe
+from inferx_slurm.recipe import Recipe
+from inferx_slurm.render import render, shell_join, srun_argv
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parent.parent
+JOB_DIR = "/shared/results/golden"
+
+CASES = {
+    "gb200-1p1d-tp4-tep8": REPO / "recipes/disagg/gb200/minimax-m3-1p1d-tp4-tep8-8k1k.yaml",
+    "gb200-2p1d-dep8-dep16": REPO / "recipes/disagg/gb200/minimax-m3-2p1d-dep8-dep16-1k1k.yaml",
+}
+
+
+def load(path):
+    # Pin the site variables the recipes read so the golden files do not depend on the caller.
+    keys = ("MODEL_DIR", "STAGE_DIR", "IMAGE_DIR", "SLURM_ACCOUNT")
+    saved = {k: os.environ.pop(k, None) for k in keys}
+    try:
+        return Recipe.load(path)
+    finally:
+        for k, v in saved.items():
+            if v is not None:
+                os.environ[k] = v
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden_scripts(case):
+    job = render(load(CASES[case]), JOB_DIR)
+    folder = GOLDEN / case
+    if os.environ.get("INFERX_UPDATE_GOLDEN"):
+        for rel, text in job.files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(text)
+    expected = {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*.sh")}
+    assert expected, f"no golden files in {folder}; run with INFERX_UPDATE_GOLDEN=1"
+    assert job.files == expected
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rendered_scripts_parse_with_bash(case):
+    job = render(load(CASES[case]), JOB_DIR)
+    for rel, text in job.files.items():
+        r = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
+        assert r.returncode == 0, f"{rel}: {r.stderr}"
+
+
+def test_every_value_is_quoted_against_injection(tmp_path):
+    evil = "$(touch PWNED); `touch PWNED2` 'q' \"dq\" $HOME ;|&"
+    r = Recipe.from_dict({
+        "name": "evil", "profile": "local", "model": {"path": evil, "served_name": "m"}, "topology": "1P1D TP2",
+        "engine": {"backend": "mocker", "python": "printf", "args": {"note": evil}, "env": {"EVIL": evil}},
+    })
+    job = render(r, str(tmp_path))
+    (tmp_path / "nodes.env").write_text("INFERX_ADDR_0=127.0.0.1\nINFERX_HOST_0=h\nINFERX_ADDR_1=127.0.0.1\n")
+    script = tmp_path / "w.sh"
+    # Run the real decode script with printf as the "interpreter": it prints the argv it got.
+    script.write_text(job.files["scripts/decode-0.sh"].replace("exec printf", "exec printf '%s\\n'"))
+    out = subprocess.run(["bash", str(script), "0"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
+    lines = out.stdout.splitlines()
+    assert evil in lines
+    env_line = subprocess.run(
+        ["bash", "-c", f"source <(grep '^export EVIL' {script}); printf %s \"$EVIL\""], capture_output=True, text=True
+    ).stdout
+    assert env_line == evil
+
+
+def test_address_placeholders_expand_but_nothing_else():
+    argv = ["x", "--addr", "${LEADER_ADDR}", "--init", "${LEADER_ADDR}:123", "--lit", "$HOME"]
+    out = subprocess.run(
+        ["bash", "-c", f"LEADER_ADDR=10.0.0.1; printf '%s\\n' {shell_join(argv)}"], capture_output=True, text=True
+    ).stdout.splitlines()
+    assert out == ["x", "--addr", "10.0.0.1", "--init", "10.0.0.1:123", "--lit", "$HOME"]
+
+
+def test_steps_and_srun_commands():
+    r = load(CASES["gb200-2p1d-dep8-dep16"])
+    job = render(r, JOB_DIR)
+    kinds = [s.kind for s in job.steps]
+    assert kinds[:2] == ["infra", "frontend"] and kinds.count("worker") == 2 * 2 + 4
+    leaders = [s.name for s in job.steps if s.kind == "worker" and s.leader]
+    assert leaders == ["prefill-0.n0", "prefill-1.n0", "decode-0.n0"]
+    step = next(s for s in job.steps if s.name == "decode-0.n2")
+    argv = srun_argv(r, step, "gb-node-7", JOB_DIR, "/images/x.sqsh")
+    assert "--nodelist=gb-node-7" in argv and "--gres=gpu:4" in argv
+    assert "--container-image=/images/x.sqsh" in argv
+    assert argv[-3:] == ["bash", f"{JOB_DIR}/scripts/decode-0.sh", "2"]
+
+
+def test_sbatch_script_has_the_allocation():
+    r = load(CASES["gb200-2p1d-dep8-dep16"])
+    text = sbatch_script(r, plan_recipe(r), f"{JOB_DIR}/submitit")
+    for line in ("#SBATCH --nodes=8", "#SBATCH --gpus-per-node=4", "#SBATCH --segment=8", "#SBATCH --no-kill",
+                 "#SBATCH --exclusive", "#SBATCH --time=240", "#SBATCH --partition=batch"):
+        assert line in text
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
