@@ -19,7 +19,7 @@ def aiperf_argv(
 ) -> list[str]:
     b: BenchmarkSpec = recipe.benchmark
     argv = [
-        "aiperf", "profile",
+        b.client_command, "profile",
         "--model", recipe.model.name,
         "--url", url,
         "--endpoint-type", "chat",
@@ -67,12 +67,14 @@ def summarize(
     throughput per GPU by decode GPUs; input throughput per GPU by prefill GPUs.
     """
     out_tput = _stat(export, "output_token_throughput") or 0.0
-    req_tput = _stat(export, "request_throughput") or 0.0
-    mean_isl = _stat(export, "input_sequence_length") or float(isl)
-    in_tput = req_tput * mean_isl
-    total = out_tput + in_tput
-    completed = int(_stat(export, "request_count") or 0)
+    in_tput = _stat(export, "input_token_throughput")
+    if in_tput is None:
+        # Older aiperf exports lack it: requests/s x mean input length is the same quantity.
+        in_tput = (_stat(export, "request_throughput") or 0.0) * (_stat(export, "input_sequence_length") or float(isl))
+    total = _stat(export, "total_token_throughput") or (out_tput + in_tput)
+    completed = int(_stat(export, "completed_request_count") or _stat(export, "request_count") or 0)
     errors = int(_stat(export, "error_request_count") or 0)
+    # aiperf's inter-token latency is per request (latency - TTFT) / (output tokens - 1): TPOT.
     tpot = _stat(export, "inter_token_latency")
     return {
         "isl": isl,
@@ -93,5 +95,6 @@ def summarize(
         "mean_itl_ms": tpot,
         "intvty": (1000.0 / tpot) if tpot else None,
         "completed": completed,
-        "failed": max(errors, expected_requests - completed - errors) if expected_requests else errors,
+        # Requests the client never got an answer for count as failed too.
+        "failed": errors + max(0, expected_requests - completed - errors),
     }

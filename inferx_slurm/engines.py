@@ -78,7 +78,8 @@ def block_size(recipe: Recipe) -> int:
 
 
 def startup_timeout(recipe: Recipe, role: str) -> float:
-    return recipe.engine.role(role).startup_timeout_s or DEFAULT_STARTUP_TIMEOUT_S[recipe.engine.backend]
+    e = recipe.engine
+    return e.role(role).startup_timeout_s or e.startup_timeout_s or DEFAULT_STARTUP_TIMEOUT_S[e.backend]
 
 
 def flag_argv(args: list[EngineArg]) -> list[str]:
@@ -232,7 +233,7 @@ def node_commands(recipe: Recipe, plan: Plan, w: WorkerPlacement) -> list[NodeCo
         if backend is Backend.mocker and rank > 0:
             # The mock engine simulates the whole worker in one process; the other nodes only
             # hold their GPUs for the worker's lifetime, like vLLM's headless ranks do.
-            argv = [recipe.engine.python, "-m", "inferx_slurm.runtime.hold"]
+            argv = ["sleep", "infinity"]
             args: list[EngineArg] = []
         else:
             args = merge_args(_DERIVE[backend](recipe, plan, w, rank), recipe, w.role)

@@ -128,6 +128,7 @@ class EngineSpec(_Strict):
     prefill: RoleEngine = Field(default_factory=RoleEngine)
     decode: RoleEngine = Field(default_factory=RoleEngine)
     python: str = Field("python3", description="interpreter that runs the engine and frontend modules")
+    startup_timeout_s: Optional[float] = Field(None, gt=0, description="time for workers to register; default per backend")
 
     @field_validator("args")
     @classmethod
@@ -175,11 +176,14 @@ class Scenario(_Strict):
         def short(n: int) -> str:
             return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
-        return f"{short(self.isl)}{short(self.osl)}"
+        if self.isl % 1024 == 0 and self.osl % 1024 == 0:
+            return f"{short(self.isl)}{short(self.osl)}"
+        return f"isl{self.isl}-osl{self.osl}"
 
 
 class BenchmarkSpec(_Strict):
     client: Literal["aiperf"] = "aiperf"
+    client_command: str = Field("aiperf", description="the aiperf executable (a path when it lives in its own venv)")
     scenarios: list[Scenario] = Field(default_factory=lambda: [Scenario(isl=1024, osl=1024)], min_length=1)
     concurrency: list[int] = Field(default_factory=lambda: [1], min_length=1)
     requests_per_concurrency: int = Field(10, ge=1, description="requests = max(min_requests, this x concurrency)")

@@ -52,3 +52,13 @@ def load_summary(path: str | Path) -> dict[str, Any]:
 
         raise InferxError(f"no summary.json at {p}; pass a results dir written by `launch`")
     return read_json(p)
+
+
+def served_line(summary: dict[str, Any]) -> str:
+    served = summary.get("served") or {}
+    if not served:
+        return ""
+    done = sum(int(r.get("completed") or 0) for r in summary.get("rows", []))
+    workers = ", ".join(f"{k} {v}" for k, v in served.get("per_worker", {}).items())
+    return (f"requests through prefill and decode: {served.get('through_prefill_and_decode')} "
+            f"(client completed {done}); per worker: {workers}")

@@ -89,7 +89,7 @@ def test_sglang_and_mocker_and_trtllm():
     mp = plan_recipe(m)
     cmds = node_commands(m, mp, mp.workers[1])
     assert cmds[0].argv[:3] == ["python3", "-m", "dynamo.mocker"]
-    assert cmds[1].argv == ["python3", "-m", "inferx_slurm.runtime.hold"]
+    assert cmds[1].argv == ["sleep", "infinity"]
     with pytest.raises(RecipeError, match="MPI"):
         t = recipe("1P1D TP4->TEP8", backend="trtllm")
         tp = plan_recipe(t)

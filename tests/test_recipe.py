@@ -72,7 +72,7 @@ def test_scenario_names():
     assert Scenario.model_validate("8k1k").model_dump() == {"isl": 8192, "osl": 1024}
     assert Scenario.model_validate("1024/128").model_dump() == {"isl": 1024, "osl": 128}
     assert Scenario(isl=8192, osl=1024).name == "8k1k"
-    assert Scenario(isl=100, osl=20).name == "10020"
+    assert Scenario(isl=100, osl=20).name == "isl100-osl20"
 
 
 def test_env_values_become_strings():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..launcher import RunError, default_results_dir, dry_run_text, submit
 from ..recipe import Recipe
-from ..results import format_table
+from ..results import format_table, served_line
 from ..sweep import expand
 
 
@@ -46,6 +46,7 @@ def _wait_all(handles: list) -> int:
             try:
                 summary = h.wait(on_status=lambda st, h=h: print(f"job {h.job_id}: {st.get('phase')} ({st.get('slurm_state')})", flush=True))
                 print(format_table(summary["rows"]))
+                print(served_line(summary))
                 print(f"results: {h.results_dir}/summary.json")
             except RunError as e:
                 print(f"job {h.job_id} FAILED:\n{e}", file=sys.stderr, flush=True)

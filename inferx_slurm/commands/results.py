@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..results import format_table, load_summary
+from ..results import format_table, load_summary, served_line
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
     flag = " (PARTIAL: the run failed before finishing)" if summary.get("partial") else ""
     print(f"{summary.get('name')} {summary.get('topology')}, {summary.get('total_gpus')} GPUs{flag}")
     print(format_table(summary.get("rows", [])))
+    print(served_line(summary))
     return 0
 
 

@@ -19,6 +19,7 @@ from ..plan import Plan
 from ..recipe import Discovery, Recipe
 from ..render import RenderedJob, srun_argv
 from . import metrics, nodes, readiness
+from .accounting import served_requests
 from .steps import RunningStep, stop_all
 from .watchdog import Fault, check_exits, check_nodes
 
@@ -59,10 +60,12 @@ class Driver:
         )
 
     def write_summary(self, partial: bool) -> None:
+        leaders = {w.name: w.role for w in self.plan.workers}
         atomic_write_json(
             self.dir / "summary.json",
             {"name": self.recipe.name, "topology": self.plan.topology, "partial": partial,
-             "total_gpus": self.plan.total_gpus, "rows": self.rows},
+             "total_gpus": self.plan.total_gpus, "rows": self.rows,
+             "served": served_requests(self.dir / "logs", leaders)},
         )
 
     # --- the run -------------------------------------------------------------------------------
