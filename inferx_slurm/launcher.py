@@ -25,6 +25,9 @@ from .recipe import ContainerRuntime, Recipe
 from .render import RenderedJob, render, shell_join, srun_argv
 
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+# COMPLETING: the job's processes are gone and Slurm is cleaning up (for a dead node, until
+# it is marked down). The run is over.
+ENDED_STATES = TERMINAL_STATES | {"COMPLETING"}
 
 
 def default_results_dir(recipe: Recipe, root: str | Path = "results") -> Path:
@@ -110,7 +113,7 @@ class JobHandle:
         return doc
 
     def done(self) -> bool:
-        return self.slurm_state() in TERMINAL_STATES
+        return self.slurm_state() in ENDED_STATES
 
     def wait(self, timeout: Optional[float] = None, poll_s: float = 1.0, on_status: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
         """Block until the job ends; return the summary. Raises InferxError if the run failed."""
@@ -121,8 +124,8 @@ class JobHandle:
             if on_status and st.get("phase") != last_phase:
                 on_status(st)
                 last_phase = st.get("phase")
-            if st["slurm_state"] in TERMINAL_STATES or st.get("phase") in ("done", "failed"):
-                if st.get("phase") in ("done", "failed") and st["slurm_state"] not in TERMINAL_STATES:
+            if st["slurm_state"] in ENDED_STATES or st.get("phase") in ("done", "failed"):
+                if st.get("phase") in ("done", "failed") and st["slurm_state"] not in ENDED_STATES:
                     # The driver has finished its work; give Slurm a moment to record the end.
                     self._wait_slurm_end(10)
                     st = self.status()
@@ -137,7 +140,7 @@ class JobHandle:
 
     def _wait_slurm_end(self, seconds: float) -> None:
         end = time.time() + seconds
-        while time.time() < end and self.slurm_state() not in TERMINAL_STATES:
+        while time.time() < end and self.slurm_state() not in ENDED_STATES:
             time.sleep(0.5)
 
     def cancel(self) -> None:

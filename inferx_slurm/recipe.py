@@ -189,7 +189,8 @@ class BenchmarkSpec(_Strict):
     requests_per_concurrency: int = Field(10, ge=1, description="requests = max(min_requests, this x concurrency)")
     min_requests: int = Field(20, ge=1)
     warmup_requests: int = Field(0, ge=0)
-    stall_timeout_s: float = Field(120, gt=0, description="fail when no request completes for this long")
+    stall_timeout_s: float = Field(120, gt=0, description="fail when no token or request completes for this long")
+    client_startup_timeout_s: float = Field(300, gt=0, description="fail when the client sends no request for this long")
     tokenizer: Optional[str] = Field(None, description="tokenizer the client counts tokens with; defaults to model.path")
     args: dict[str, ArgValue] = Field(default_factory=dict, description="extra client flags")
 

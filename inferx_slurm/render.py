@@ -137,6 +137,7 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
         cache_exports=cache,
         setup_sources=setup,
         worker=w.name,
+        pid_dir=shell_word(f"{job_dir}/logs"),
         cases="\n".join(cases),
     )
 
@@ -207,6 +208,7 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
         nodes_env=shell_word(f"{job_dir}/nodes.env"),
         frontend_node=str(fe_node),
         env_exports=exports(fe_env),
+        pid_dir=shell_word(f"{job_dir}/logs"),
         command=shell_join(frontend_argv(recipe)),
     )
     steps.append(Step(name="frontend", kind="frontend", node=fe_node, script="scripts/frontend.sh", startup_timeout_s=120))

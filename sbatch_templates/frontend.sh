@@ -5,5 +5,6 @@ source {{ nodes_env }}
 INFRA_ADDR="${INFERX_ADDR_{{ frontend_node }}}"
 export INFRA_ADDR
 {{ env_exports }}
+echo $$ > {{ pid_dir }}/frontend.pid
 echo "[inferx] frontend host=$(hostname) start=$(date +%s.%N)"
 exec {{ command }}

@@ -10,6 +10,9 @@ export LEADER_ADDR INFRA_ADDR
 {{ env_exports }}
 # Every node gets its own compile caches: concurrent builds into one shared cache dir deadlock.
 {{ cache_exports }}
+# The engine replaces this shell (exec), so this pid is the engine's: the watchdog and
+# fault tests signal it directly.
+echo $$ > {{ pid_dir }}/{{ worker }}.n"$node_rank".pid
 {{ setup_sources }}
 echo "[inferx] {{ worker }} node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
 case "$node_rank" in

@@ -59,6 +59,7 @@ def test_every_value_is_quoted_against_injection(tmp_path):
         "engine": {"backend": "mocker", "python": "printf", "args": {"note": evil}, "env": {"EVIL": evil}},
     })
     job = render(r, str(tmp_path))
+    (tmp_path / "logs").mkdir()
     (tmp_path / "nodes.env").write_text("INFERX_ADDR_0=127.0.0.1\nINFERX_HOST_0=h\nINFERX_ADDR_1=127.0.0.1\n")
     script = tmp_path / "w.sh"
     # Run the real decode script with printf as the "interpreter": it prints the argv it got.

@@ -21,10 +21,10 @@ from ..render import RenderedJob, srun_argv
 from . import metrics, nodes, readiness
 from .accounting import served_requests
 from .steps import RunningStep, stop_all
-from .watchdog import Fault, check_exits, check_nodes
+from .watchdog import Fault, NodeWatch, check_exits
 
 POLL_S = 0.5
-NODE_CHECK_S = 2.0
+NODE_CHECK_S = 1.0
 
 
 class RunFailed(RuntimeError):
@@ -43,6 +43,7 @@ class Driver:
         self.rows: list[dict[str, Any]] = []
         self.t0 = time.time()
         self._last_node_check = 0.0
+        self.node_watch: Optional[NodeWatch] = None
         self._cancel: Optional[str] = None
         self._client: Optional[subprocess.Popen] = None
 
@@ -96,7 +97,8 @@ class Driver:
 
     def _fail(self, fault: Fault) -> dict[str, Any]:
         self._stop_client()
-        stop_all(self.steps)
+        # Steps on a dead node cannot answer a SIGTERM; do not wait for them.
+        stop_all(self.steps, dead_hosts={fault.host} if fault.kind == "node_down" else set())
         text = fault.diagnosis()
         atomic_write(self.dir / "diagnosis.txt", text + "\n")
         self.write_summary(partial=True)
@@ -111,6 +113,7 @@ class Driver:
             raise _FaultRaised(Fault("infra", None, f"allocation has {len(self.hosts)} nodes, plan needs {self.plan.total_nodes}"))
         self.hosts = self.hosts[: self.plan.total_nodes]
         self.addrs = nodes.node_addresses(self.hosts)
+        self.node_watch = NodeWatch(self.hosts)
         nodes.write_nodes_env(str(self.dir / "nodes.env"), self.hosts, self.addrs)
         self.event("nodes", hosts=self.hosts)
 
@@ -185,9 +188,9 @@ class Driver:
         if self._cancel:
             raise _FaultRaised(Fault("cancelled", None, f"run cancelled by {self._cancel}."))
         fault = check_exits(self.steps)
-        if fault is None and time.time() - self._last_node_check > NODE_CHECK_S:
+        if fault is None and self.node_watch and time.time() - self._last_node_check > NODE_CHECK_S:
             self._last_node_check = time.time()
-            fault = check_nodes(self.steps, self.hosts)
+            fault = self.node_watch.check(self.steps)
         if fault:
             raise _FaultRaised(fault)
 
@@ -215,21 +218,36 @@ class Driver:
         env = {**os.environ, **self.recipe.env}
         with open(out / "client.log", "ab") as log:
             self._client = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out, start_new_session=True)
-        last_progress, last_value = time.time(), -1.0
-        stall = self.recipe.benchmark.stall_timeout_s
+        b = self.recipe.benchmark
+        started_at = time.time()
+        base_started = base_progress = None
+        last_change, last_value = time.time(), None
         while self._client.poll() is None:
             self._watch()
             text = metrics.scrape(f"{self.base_url}/metrics")
-            value = metrics.counter_total(text) if text else last_value
-            if value != last_value:
-                last_progress, last_value = time.time(), value
-            elif time.time() - last_progress > stall:
-                raise _FaultRaised(Fault("stalled", None, f"benchmark made no progress for {stall:.0f} s (frontend counters unchanged at {value:.0f})."))
+            if text is not None:
+                started, progress = metrics.counter_total(text, metrics.STARTED_METRICS), metrics.counter_total(text)
+                if base_started is None:
+                    base_started, base_progress = started, progress
+                if progress != last_value:
+                    last_change, last_value = time.time(), progress
+                if started == base_started and progress == base_progress:
+                    # The client is still starting (tokenizer, dataset): its own, longer bound.
+                    if time.time() - started_at > b.client_startup_timeout_s:
+                        raise _FaultRaised(Fault("stalled", None, f"benchmark client sent no request within {b.client_startup_timeout_s:.0f} s; see {out}/client.log"))
+                elif time.time() - last_change > b.stall_timeout_s:
+                    raise _FaultRaised(Fault("stalled", self._suspect(), f"benchmark made no progress for {b.stall_timeout_s:.0f} s (frontend token and request counters unchanged)."))
             time.sleep(POLL_S)
+        # A cancel kills the client too; report the cancel, not the client's exit.
+        self._watch()
         rc = self._client.returncode
         self._client = None
         if rc != 0:
             raise _FaultRaised(Fault("client", None, f"benchmark client exited with code {rc}; see {out}/client.log"))
+
+    def _suspect(self) -> Optional[RunningStep]:
+        """The decode leader is where a stuck request is waiting; point the diagnosis there."""
+        return next((s for s in self.steps if s.step.role == "decode" and s.step.leader), None)
 
     def _stop_client(self) -> None:
         if self._client and self._client.poll() is None:

@@ -8,6 +8,8 @@ from typing import Optional
 
 # Counters that only grow while requests make progress.
 PROGRESS_METRICS = ("dynamo_frontend_output_tokens_total", "dynamo_frontend_requests_total")
+# Requests the frontend accepted: tells a client still starting up from a stuck engine.
+STARTED_METRICS = ("dynamo_frontend_requests_started_total",)
 
 
 def scrape(url: str, timeout: float = 2.0) -> Optional[str]:
@@ -19,11 +21,14 @@ def scrape(url: str, timeout: float = 2.0) -> Optional[str]:
 
 
 def counter_total(text: str, names: tuple[str, ...] = PROGRESS_METRICS) -> float:
+    """Sum of the named counters; failed requests are not progress, so error-labelled samples are skipped."""
     total = 0.0
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
         name = line.split("{", 1)[0].split(" ", 1)[0]
+        if 'status="error"' in line or ('status="' in line and 'status="success"' not in line):
+            continue
         if name in names:
             try:
                 total += float(line.rsplit(" ", 1)[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 
 from ..fsutil import atomic_write
@@ -25,6 +26,25 @@ def show_nodes(hosts: list[str]) -> dict[str, dict[str, str]]:
         if "NodeName" in fields:
             nodes[fields["NodeName"]] = fields
     return nodes
+
+
+def slurmd_endpoints(hosts: list[str]) -> dict[str, tuple[str, int]]:
+    """Where each node's slurmd listens (NodeAddr, Port; 6818 when Slurm shows none)."""
+    info = show_nodes(hosts)
+    return {h: (info.get(h, {}).get("NodeAddr", h), int(info.get(h, {}).get("Port", 6818))) for h in hosts}
+
+
+def slurmd_alive(addr: str, port: int, timeout: float = 1.0) -> bool:
+    """A node whose slurmd refuses connections is dead to Slurm, whatever its state says yet.
+
+    slurmctld needs SlurmdTimeout (tens of seconds to minutes) to mark it down; a direct
+    connect tells within a second.
+    """
+    try:
+        with socket.create_connection((addr, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def node_addresses(hosts: list[str]) -> dict[str, str]:

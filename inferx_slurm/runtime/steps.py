@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..render import Step
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
@@ -62,7 +65,7 @@ class RunningStep:
             if path.exists():
                 with open(path, errors="replace") as f:
                     for line in f:
-                        out.append(line.rstrip("\n"))
+                        out.append(_ANSI.sub("", line.rstrip("\n")))
         return list(out)
 
 
@@ -79,13 +82,13 @@ def describe_exit(rc: Optional[int]) -> str:
     return f"exit code {rc}"
 
 
-def stop_all(steps: list[RunningStep], grace_s: float = 10.0) -> None:
+def stop_all(steps: list[RunningStep], grace_s: float = 10.0, dead_hosts: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     """SIGTERM every step (srun forwards it to the task), then SIGKILL what is left."""
     for s in steps:
         s.stopping = True
-        s.signal(signal.SIGTERM)
+        s.signal(signal.SIGKILL if s.host in dead_hosts else signal.SIGTERM)
     deadline = time.time() + grace_s
-    while time.time() < deadline and any(s.alive for s in steps):
+    while time.time() < deadline and any(s.alive for s in steps if s.host not in dead_hosts):
         time.sleep(0.2)
     for s in steps:
         s.signal(signal.SIGKILL)

@@ -60,13 +60,30 @@ def check_exits(steps: list[RunningStep]) -> Optional[Fault]:
     return None
 
 
-def check_nodes(steps: list[RunningStep], hosts: list[str]) -> Optional[Fault]:
-    states = nodes_mod.node_states(hosts)
-    for host in hosts:
-        state = states.get(host, "")
-        if state and nodes_mod.is_dead(state):
-            on_node = [s for s in steps if s.host == host]
-            victim = next((s for s in on_node if s.step.kind == "worker"), on_node[0] if on_node else None)
-            names = ", ".join(s.step.name for s in on_node) or "no steps"
-            return Fault("node_down", victim, f"node {host} is {state} (slurmd not responding); it ran {names}.", host=host)
-    return None
+class NodeWatch:
+    """Notices a dead node: its slurmd stops answering, or Slurm marks it down."""
+
+    def __init__(self, hosts: list[str]):
+        self.hosts = hosts
+        self.endpoints = nodes_mod.slurmd_endpoints(hosts)
+        self.misses: dict[str, int] = {h: 0 for h in hosts}
+
+    def check(self, steps: list[RunningStep]) -> Optional[Fault]:
+        for host in self.hosts:
+            addr, port = self.endpoints[host]
+            # Two misses in a row: one refused connect can be a slurmd restarting its listener.
+            self.misses[host] = 0 if nodes_mod.slurmd_alive(addr, port) else self.misses[host] + 1
+            if self.misses[host] >= 2:
+                return self._fault(host, steps, f"node {host}: slurmd at {addr}:{port} stopped answering")
+        states = nodes_mod.node_states(self.hosts)
+        for host, state in states.items():
+            if state and nodes_mod.is_dead(state):
+                return self._fault(host, steps, f"node {host} is {state} in Slurm")
+        return None
+
+    @staticmethod
+    def _fault(host: str, steps: list[RunningStep], what: str) -> Fault:
+        on_node = [s for s in steps if s.host == host]
+        victim = next((s for s in on_node if s.step.kind == "worker"), on_node[0] if on_node else None)
+        names = ", ".join(s.step.name for s in on_node) or "no steps"
+        return Fault("node_down", victim, f"{what}; it ran {names}.", host=host)

@@ -21,6 +21,9 @@ export TRITON_CACHE_DIR=/shared/results/golden/cache/"$(hostname)"/triton_cache_
 export FLASHINFER_WORKSPACE_BASE=/shared/results/golden/cache/"$(hostname)"/flashinfer_workspace_base
 export VLLM_CACHE_ROOT=/shared/results/golden/cache/"$(hostname)"/vllm_cache_root
 export XDG_CACHE_HOME=/shared/results/golden/cache/"$(hostname)"/xdg_cache_home
+# The engine replaces this shell (exec), so this pid is the engine's: the watchdog and
+# fault tests signal it directly.
+echo $$ > /shared/results/golden/logs/decode-0.n"$node_rank".pid
 :
 echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
 case "$node_rank" in

@@ -12,5 +12,6 @@ export NCCL_CUMEM_ENABLE=1
 export ETCD_ENDPOINTS=http://"${INFRA_ADDR}":2379
 export NATS_SERVER=nats://"${INFRA_ADDR}":4222
 export HF_HUB_OFFLINE=1
+echo $$ > /shared/results/golden/logs/frontend.pid
 echo "[inferx] frontend host=$(hostname) start=$(date +%s.%N)"
 exec python3 -m dynamo.frontend --http-port 8000 --router-mode round-robin

@@ -1,0 +1,192 @@
+"""Fault injection on the real local cluster: every fault ends the run within the bound, with a
+diagnosis naming the right worker and node, logs kept, and no job or step left in Slurm."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from inferx_slurm import RunError, submit
+from inferx_slurm import local_cluster as lc
+
+from conftest import REPO, local_recipe
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+BOUND_S = 10.0
+# A benchmark long enough that faults land while it runs.
+LONG = {"benchmark.concurrency": [4], "benchmark.min_requests": 400, "benchmark.scenarios": [{"isl": 128, "osl": 512}],
+        "benchmark.stall_timeout_s": 5}
+SLOW = str(REPO / "tests" / "data" / "slow_start.sh")
+
+
+def slow(role: str, seconds: int) -> dict:
+    return {"setup_scripts": [SLOW], f"engine.{role}.env": {"INFERX_TEST_START_DELAY": str(seconds)}}
+
+
+def wait_phase(results_dir, phases, timeout=90):
+    end = time.time() + timeout
+    while time.time() < end:
+        p = results_dir / "status.json"
+        if p.exists():
+            st = json.loads(p.read_text())
+            if st["phase"] in phases:
+                return st
+            assert st["phase"] != "failed", st.get("diagnosis")
+        time.sleep(0.1)
+    raise AssertionError(f"never reached {phases}")
+
+
+def wait_file(path, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never appeared")
+
+
+def finish(handle, t_fault, env):
+    """Wait for the job to end; return (seconds from fault to job end, status doc)."""
+    with pytest.raises(RunError) as e:
+        handle.wait(timeout=120, poll_s=0.2)
+    handle._wait_slurm_end(30)
+    t_end = time.time()
+    st = json.loads((handle.results_dir / "status.json").read_text())
+    assert handle.slurm_state() in {"FAILED", "CANCELLED", "COMPLETING"}, handle.slurm_state()
+    assert str(e.value) == st["diagnosis"]
+    elapsed = t_end - t_fault
+    record(handle, st, elapsed)
+    if st.get("fault") != "node_down":  # a dead node's job completes once the node is back
+        assert squeue_empty(env)
+    return elapsed, st
+
+
+def squeue_empty(env, timeout=15):
+    end = time.time() + timeout
+    while time.time() < end:
+        if not subprocess.run(["squeue", "-h"], capture_output=True, text=True, env=env).stdout.strip():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def record(handle, st, elapsed):
+    # The measured times go to a file next to the results, printed with -s for the record.
+    line = {"fault": st.get("fault"), "fault_to_job_end_s": round(elapsed, 2),
+            "detected_after_s": round(st["updated"] - st.get("fault_at", st["updated"]), 2)}
+    print(f"\nFAULT-TIMING {json.dumps(line)}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_kill_decode_worker_after_ready(cluster, tmp_path):
+    h = submit(local_recipe("mocker-1p1d.yaml", **LONG), tmp_path / "run")
+    wait_phase(h.results_dir, {"benchmarking"})
+    pid = int(wait_file(h.results_dir / "logs" / "decode-0.n0.pid"))
+    t = time.time()
+    os.kill(pid, signal.SIGKILL)
+    elapsed, st = finish(h, t, cluster.env)
+    assert elapsed < BOUND_S
+    d = st["diagnosis"]
+    assert st["fault"] == "exited"
+    assert "decode worker 0" in d and "host node2" in d and "plan node 1" in d
+    assert "SIGKILL" in d and "Last log lines" in d
+    summary = h.results()
+    assert summary["partial"] is True
+    assert (h.results_dir / "logs" / "decode-0.n0.log").exists() and (h.results_dir / "diagnosis.txt").exists()
+    assert not pid_alive(int((h.results_dir / "logs" / "prefill-0.n0.pid").read_text()))
+
+
+def test_kill_worker_before_ready(cluster, tmp_path):
+    # decode takes 30 s to come up; prefill dies while the deployment is still starting
+    r = local_recipe("mocker-1p1d.yaml", **{**slow("decode", 30), **LONG})
+    h = submit(r, tmp_path / "run")
+    pid = int(wait_file(h.results_dir / "logs" / "prefill-0.n0.pid"))
+    time.sleep(1.0)
+    assert json.loads((h.results_dir / "status.json").read_text())["phase"] == "starting"
+    t = time.time()
+    os.kill(pid, signal.SIGKILL)
+    elapsed, st = finish(h, t, cluster.env)
+    assert elapsed < BOUND_S
+    assert st["fault"] == "exited" and "prefill worker 0" in st["diagnosis"] and "host node1" in st["diagnosis"]
+
+
+def test_worker_that_never_becomes_ready(cluster, tmp_path):
+    r = local_recipe("mocker-1p1d.yaml", **{**slow("decode", 600), "engine.decode.startup_timeout_s": 6, **LONG})
+    h = submit(r, tmp_path / "run")
+    wait_file(h.results_dir / "logs" / "decode-0.n0.pid")
+    started = json.loads((h.results_dir / "status.json").read_text())
+    t_deadline = started["started"] + 6
+    elapsed, st = finish(h, t_deadline, cluster.env)
+    assert elapsed < BOUND_S
+    d = st["diagnosis"]
+    assert st["fault"] == "not_ready" and "decode workers did not become ready within 6 s" in d and "0 of 1" in d
+    assert "decode worker 0" in d and "host node2" in d
+
+
+def test_benchmark_stall(cluster, tmp_path):
+    h = submit(local_recipe("mocker-1p1d.yaml", **LONG), tmp_path / "run")
+    wait_phase(h.results_dir, {"benchmarking"})
+    time.sleep(1)
+    pid = int(wait_file(h.results_dir / "logs" / "decode-0.n0.pid"))
+    t = time.time()
+    os.kill(pid, signal.SIGSTOP)  # the engine hangs: requests stop completing
+    try:
+        elapsed, st = finish(h, t + 5, cluster.env)  # the stall bound (5 s) is the event
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert elapsed < BOUND_S
+    assert st["fault"] == "stalled" and "no progress for 5 s" in st["diagnosis"]
+    assert h.results()["partial"] is True
+
+
+def test_node_dies(cluster, tmp_path):
+    h = submit(local_recipe("mocker-1p1d.yaml", **LONG), tmp_path / "run")
+    wait_phase(h.results_dir, {"benchmarking"})
+    t = time.time()
+    lc.kill_node("node2", cluster.state_dir)
+    try:
+        elapsed, st = finish(h, t, cluster.env)
+    finally:
+        lc.restart_node("node2", cluster.state_dir)
+    assert elapsed < BOUND_S
+    assert st["fault"] == "node_down"
+    d = st["diagnosis"]
+    assert "node node2" in d and "decode worker 0" in d and "decode-0.n0" in d
+    assert squeue_empty(cluster.env, timeout=60)
+
+
+def test_sigint_on_launch_cancels_cleanly(cluster, tmp_path):
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(local_recipe("mocker-1p1d.yaml", **LONG).to_yaml())
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferx_slurm", "launch", str(recipe_file), "--wait", "--results-dir", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **cluster.env},
+    )
+    wait_phase(out, {"benchmarking"})
+    t = time.time()
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=60)
+    assert squeue_empty(cluster.env)
+    elapsed = time.time() - t
+    assert proc.returncode != 0, text
+    assert elapsed < BOUND_S, text
+    st = json.loads((out / "status.json").read_text())
+    assert st["phase"] == "failed" and st["fault"] == "cancelled", text
+    assert "cancelling" in text and "FAILED" in text
+    record(type("H", (), {"results_dir": out})(), st, elapsed)
