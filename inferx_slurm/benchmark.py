@@ -34,6 +34,9 @@ def aiperf_argv(
         "--extra-inputs", f"min_tokens:{scenario.osl}",
         "--concurrency", str(concurrency),
         "--request-count", str(b.requests_for(concurrency)),
+        # Count tokens as the server did: re-tokenizing streamed text over-counts output tokens.
+        "--use-server-token-count",
+        "--no-gpu-telemetry",
         "--random-seed", "0",
         "--artifact-dir", artifact_dir,
         "--ui-type", "none",

@@ -187,8 +187,9 @@ def submit(recipe: Recipe, results_dir: Optional[Path] = None, *, env: Optional[
     from .runtime.driver import run_job
 
     env = env or {}
+    recipe = stage_model_for(recipe)
     results_dir, plan, _ = prepare(recipe, results_dir or default_results_dir(recipe))
-    _stage_inputs(recipe, results_dir)
+    import_image_for(recipe, results_dir)
     folder = results_dir / "submitit"
     executor = submitit.SlurmExecutor(folder=folder)
     executor.update_parameters(**executor_params(recipe, plan))
@@ -210,14 +211,29 @@ def submit(recipe: Recipe, results_dir: Optional[Path] = None, *, env: Optional[
     return JobHandle(job.job_id, results_dir, env=env, job=job)
 
 
-def _stage_inputs(recipe: Recipe, results_dir: Path) -> None:
-    """Images and models are made ready once, before the allocation starts burning nodes."""
-    if recipe.container.runtime is ContainerRuntime.pyxis and recipe.container.image:
-        from .images import import_image
+# Images and models are made ready once, under a lock, before the allocation starts burning
+# nodes: many nodes pulling one image or checkpoint at once is what corrupts shared filesystems.
 
-        dest = Path(recipe.container.image_dir or results_dir.parent / "images")
-        res = import_image(recipe.container.image, dest)
-        atomic_write_json(results_dir / "image.json", {"uri": recipe.container.image, "path": str(res.path)})
+
+def stage_model_for(recipe: Recipe) -> Recipe:
+    """With model.stage_dir set, copy the checkpoint there once and serve the staged copy offline."""
+    if not recipe.model.stage_dir:
+        return recipe
+    from .staging import serving_env, stage_model
+
+    res = stage_model(recipe.model.path, Path(recipe.model.stage_dir), log=lambda line: print(line, file=sys.stderr))
+    env = {**serving_env(res.path), **recipe.env}
+    return recipe.with_overrides({"model.path": str(res.path), "env": env})
+
+
+def import_image_for(recipe: Recipe, results_dir: Path) -> None:
+    if recipe.container.runtime is not ContainerRuntime.pyxis or not recipe.container.image:
+        return
+    from .images import import_image
+
+    dest = Path(recipe.container.image_dir or results_dir.parent / "images")
+    res = import_image(recipe.container.image, dest, log=lambda line: print(line, file=sys.stderr))
+    atomic_write_json(results_dir / "image.json", {"uri": recipe.container.image, "path": str(res.path)})
 
 
 def attach(results_dir: str | Path, env: Optional[dict[str, str]] = None) -> JobHandle:

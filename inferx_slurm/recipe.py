@@ -66,6 +66,15 @@ class ContainerSpec(_Strict):
             raise ValueError("runtime 'pyxis' needs container.image (e.g. nvcr.io#nvidia/ai-dynamo/vllm-runtime:TAG)")
         return self
 
+    @field_validator("image")
+    @classmethod
+    def _image_uri(cls, v: Optional[str]) -> Optional[str]:
+        if v:
+            from .images import normalize_image_uri
+
+            normalize_image_uri(v)  # raises with the valid forms; the recipe keeps what the user wrote
+        return v
+
 
 _TIME_RE = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
 

@@ -102,7 +102,9 @@ def discovery_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
 
 
 def base_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
-    env = dict(PROFILES[recipe.profile].env)
+    # Plain log lines: the watchdog's hints and the request accounting read them.
+    env = {"DYN_SDK_DISABLE_ANSI_LOGGING": "1"}
+    env.update(PROFILES[recipe.profile].env)
     env.update(recipe.env)
     env.update(discovery_env(recipe, job_dir))
     if recipe.model.stage_dir:

@@ -167,7 +167,9 @@ class Driver:
         timeouts = {r: max((s.startup_timeout_s for s in self.job.steps if s.role == r), default=0) for r in want}
         while True:
             self._watch()
-            have = readiness.registered_workers(self.base_url)
+            have = readiness.accepted_workers(self.base_url, self.recipe.model.name)
+            if have is None:
+                have = readiness.registered_workers(self.base_url)
             models = readiness.served_models(self.base_url)
             if self.recipe.model.name in models and all(have[r] >= want[r] for r in want):
                 self.event("ready", registered=have, seconds=round(time.time() - started, 2))

@@ -24,6 +24,37 @@ def served_models(base_url: str) -> list[str]:
     return [m.get("id", "") for m in doc.get("data", []) if isinstance(m, dict)]
 
 
+def accepted_workers(base_url: str, model: str) -> Optional[dict[str, int]]:
+    """Workers per role that the frontend accepted for `model`, from /v1/models/{model}/ready.
+
+    Only accepted workers count: /health also lists workers the frontend rejected (an
+    incompatible model card) and ones killed up to a discovery lease ago. None when the
+    frontend has no such endpoint (older Dynamo).
+    """
+    url = f"{base_url}/v1/models/{model}/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as r:
+            body = r.read()
+    except urllib.error.HTTPError as e:
+        # 503: not every worker type is live yet (the body still counts them); 404 with
+        # "Model not found": no worker yet; any other 404: no such endpoint.
+        body = e.read() or b""
+        if e.code == 404:
+            return {"prefill": 0, "decode": 0} if b"Model not found" in body else None
+    except (urllib.error.URLError, OSError):
+        return {"prefill": 0, "decode": 0}
+    try:
+        doc = json.loads(body.decode() or "null")
+    except ValueError:
+        return {"prefill": 0, "decode": 0}
+    counts = {"prefill": 0, "decode": 0}
+    for ns in (doc or {}).get("namespaces", {}).values():
+        for role, info in (ns.get("worker_types") or {}).items():
+            if role in counts and isinstance(info, dict):
+                counts[role] += int(info.get("workers", 0))
+    return counts
+
+
 def registered_workers(base_url: str) -> dict[str, int]:
     """Registered engine instances per role, from the frontend's /health instance list.
 

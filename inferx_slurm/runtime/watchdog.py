@@ -19,6 +19,8 @@ HINTS = [
     ("torch_extensions", "concurrent builds into one shared torch extensions dir deadlock: keep per-node cache dirs (the default)"),
     ("CUDA out of memory", "the engine ran out of GPU memory: lower max-num-seqs / gpu-memory-utilization or use more GPUs per worker"),
     ("Address already in use", "a port is taken: change placement.port_base or frontend ports"),
+    ("Rejected incompatible workers", "the frontend rejected a worker whose model card differs from the others: give every worker the same model path, args and DYN_SYSTEM_PORT setting"),
+    ("System status server startup failed", "a worker's system port is taken: two workers on one node share DYN_SYSTEM_PORT"),
 ]
 
 

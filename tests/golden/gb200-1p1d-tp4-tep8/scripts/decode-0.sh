@@ -7,6 +7,7 @@ source /shared/results/golden/nodes.env
 LEADER_ADDR="${INFERX_ADDR_1}"
 INFRA_ADDR="${INFERX_ADDR_0}"
 export LEADER_ADDR INFRA_ADDR
+export DYN_SDK_DISABLE_ANSI_LOGGING=1
 export UCX_TLS=cuda_copy,cuda_ipc,tcp
 export UCX_CUDA_IPC_ENABLE_MNNVL=y
 export UCX_MEMTYPE_CACHE=n

@@ -4,6 +4,7 @@ set -euo pipefail
 source /shared/results/golden/nodes.env
 INFRA_ADDR="${INFERX_ADDR_0}"
 export INFRA_ADDR
+export DYN_SDK_DISABLE_ANSI_LOGGING=1
 export UCX_TLS=cuda_copy,cuda_ipc,tcp
 export UCX_CUDA_IPC_ENABLE_MNNVL=y
 export UCX_MEMTYPE_CACHE=n

@@ -1,0 +1,108 @@
+"""`inferx-slurm model stage SRC --dest DIR`: copy a checkpoint onto the shared filesystem, once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..errors import InferxError
+from ..locks import Holder
+from ..staging import STAGE_TIMEOUT_S, StageSourceError, stage_model
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _waiting(holder: Holder | None) -> None:
+    _say(f"waiting for {holder.describe() if holder else 'another stager'} to finish")
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    dest = args.dest or os.environ.get("INFERX_MODEL_DIR")
+    if not dest:
+        raise StageSourceError("--dest DIR is required (or set INFERX_MODEL_DIR)")
+    try:
+        res = stage_model(
+            args.src,
+            Path(dest),
+            workers=args.workers,
+            checksum=args.checksum,
+            timeout_s=args.timeout if args.timeout is not None else STAGE_TIMEOUT_S,
+            name=args.name,
+            on_wait=_waiting,
+            log=None if args.quiet else _say,
+        )
+    except OSError as exc:
+        raise InferxError(f"staging {args.src} into {dest} failed: {exc}") from None
+    if args.json:
+        print(res.model_dump_json())
+    else:
+        if res.reused:
+            _say(f"{res.source}: already staged")
+        else:
+            rate = res.bytes_copied / res.seconds / 1e6 if res.seconds > 0 else 0.0
+            _say(
+                f"{res.source}: {res.files_copied} files copied ({res.bytes_copied / 1e9:.2f} GB, "
+                f"{rate:.0f} MB/s), {res.files_skipped} already there"
+            )
+        print(res.path)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "model",
+        help="manage model checkpoints on the shared filesystem",
+        description="Manage model checkpoints staged on the shared filesystem for offline serving.",
+    )
+    msub = p.add_subparsers(dest="model_command", metavar="ACTION", parser_class=type(p))
+    msub.required = True
+    st = msub.add_parser(
+        "stage",
+        help="copy a checkpoint once into the shared model dir",
+        description=(
+            "Copy SRC into DIR/NAME and print the staged path; serve it with HF_HUB_OFFLINE=1. "
+            "SRC is a checkpoint directory, an HF cache snapshot, or a Hub repo id ORG/NAME[@REV] "
+            "(needs huggingface_hub and network access). Safe to run from many processes and nodes "
+            "at once; re-running on a complete stage is near-instant and after an interrupted one "
+            "copies only what is missing. On Lustre the directory is striped before copying."
+        ),
+    )
+    st.add_argument("src", metavar="SRC", help="checkpoint directory, HF cache snapshot, or ORG/NAME[@REV]")
+    st.add_argument("--dest", metavar="DIR", default=None, help="shared model dir (default: $INFERX_MODEL_DIR)")
+    st.add_argument("--name", default=None, help="directory name under DIR (default: derived from SRC)")
+    st.add_argument("--json", action="store_true", help="print the result as JSON")
+    st.add_argument("--workers", type=_positive_int, default=8, metavar="N", help="parallel copies (default 8)")
+    st.add_argument("--checksum", action="store_true", help="record a sha256 per file in the manifest")
+    st.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help=f"how long to wait for another process staging the same model (default {STAGE_TIMEOUT_S:.0f})",
+    )
+    st.add_argument("-q", "--quiet", action="store_true", help="print only the result")
+    st.set_defaults(func=run_stage)
