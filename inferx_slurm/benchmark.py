@@ -75,7 +75,9 @@ def summarize(
         # Older aiperf exports lack it: requests/s x mean input length is the same quantity.
         in_tput = (_stat(export, "request_throughput") or 0.0) * (_stat(export, "input_sequence_length") or float(isl))
     total = _stat(export, "total_token_throughput") or (out_tput + in_tput)
-    completed = int(_stat(export, "completed_request_count") or _stat(export, "request_count") or 0)
+    # aiperf: request_count = successful requests, error_request_count = failed ones (absent
+    # when none), completed_request_count = both.
+    completed = int(_stat(export, "request_count") or 0)
     errors = int(_stat(export, "error_request_count") or 0)
     # aiperf's inter-token latency is per request (latency - TTFT) / (output tokens - 1): TPOT.
     tpot = _stat(export, "inter_token_latency")

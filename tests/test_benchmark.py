@@ -1,0 +1,57 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from inferx_slurm.benchmark import aiperf_argv, summarize
+from inferx_slurm.recipe import Recipe, Scenario
+from inferx_slurm.results import format_table
+
+DATA = Path(__file__).parent / "data"
+
+
+def load(name):
+    return json.loads((DATA / name).read_text())
+
+
+def test_summary_row_from_real_export():
+    row = summarize(load("aiperf_profile_export_sample.json"), isl=128, osl=32, concurrency=4,
+                    prefill_gpus=2, decode_gpus=1, expected_requests=20)
+    assert row["completed"] == 20 and row["failed"] == 0
+    assert row["output_throughput"] == pytest.approx(1833.569, rel=1e-3)
+    assert row["total_token_throughput"] == pytest.approx(8616.713, rel=1e-3)
+    # per GPU over ALL GPUs of the deployment; output over decode GPUs; input over prefill GPUs
+    assert row["tput_per_gpu"] == pytest.approx(row["total_token_throughput"] / 3)
+    assert row["output_tput_per_gpu"] == pytest.approx(row["output_throughput"] / 1)
+    assert row["input_tput_per_gpu"] == pytest.approx(6783.145 / 2, rel=1e-3)
+    assert row["mean_ttft_ms"] == pytest.approx(31.363, rel=1e-3)
+    assert row["intvty"] == pytest.approx(1000 / row["mean_tpot_ms"])
+    for key in ("isl", "osl", "concurrency", "num_prefill_gpu", "num_decode_gpu", "median_ttft_ms", "p99_ttft_ms",
+                "median_tpot_ms", "mean_itl_ms"):
+        assert row[key] is not None, key
+
+
+def test_errors_count_as_failed():
+    export = load("aiperf_profile_export_partial_errors.json")
+    ok, bad = int(export["request_count"]["avg"]), int(export["error_request_count"]["avg"])
+    row = summarize(export, isl=128, osl=32, concurrency=4, prefill_gpus=1, decode_gpus=1, expected_requests=ok + bad)
+    assert (row["completed"], row["failed"]) == (ok, bad)
+    # requests the client never finished are failures too
+    row = summarize(export, isl=128, osl=32, concurrency=4, prefill_gpus=1, decode_gpus=1, expected_requests=ok + bad + 5)
+    assert row["failed"] == bad + 5
+
+
+def test_aiperf_command_line():
+    r = Recipe.from_dict({"name": "r", "model": {"path": "org/m", "served_name": "m"}, "topology": "1P1D TP1",
+                          "benchmark": {"requests_per_concurrency": 3, "min_requests": 10, "args": {"no-server-metrics": True}}})
+    argv = aiperf_argv(r, Scenario(isl=8192, osl=1024), 64, url="http://h:8000", artifact_dir="/o", tokenizer="org/m")
+    joined = " ".join(argv)
+    assert "--synthetic-input-tokens-mean 8192" in joined and "--output-tokens-mean 1024" in joined
+    assert "--concurrency 64 --request-count 192" in joined
+    assert "--extra-inputs ignore_eos:true" in joined and "--use-server-token-count" in joined
+    assert argv[-1] == "--no-server-metrics"
+
+
+def test_table_formats_missing_values():
+    text = format_table([{"isl": 1, "osl": 2, "concurrency": 3, "mean_ttft_ms": None}])
+    assert text.splitlines()[1].split()[:3] == ["1", "2", "3"] and "-" in text
