@@ -239,6 +239,9 @@ def node_commands(recipe: Recipe, plan: Plan, w: WorkerPlacement) -> list[NodeCo
             args = merge_args(_DERIVE[backend](recipe, plan, w, rank), recipe, w.role)
             argv = [recipe.engine.python, "-m", MODULES[backend], *flag_argv(args)]
         env = {
+            # Workers of one node share its GPUs through overlapping steps; the plan decides
+            # which GPUs each one gets, so two DEP2 workers never land on the same pair.
+            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in w.slices[rank].gpus),
             "DYN_SYSTEM_PORT": str(w.ports.system),
             "VLLM_NIXL_SIDE_CHANNEL_PORT": str(w.ports.kv_side_channel),
         }

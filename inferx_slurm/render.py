@@ -126,6 +126,10 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
     for c in cmds:
         lines = [f"  {c.node_rank})  # plan node {c.node}" + (" (leader)" if c.leader else "")]
         lines += [f"    export {k}={shell_word(v)}" for k, v in c.env.items()]
+        lines.append(
+            f'    echo "[inferx] {w.name} node_rank=$node_rank host=$(hostname) '
+            'gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"'
+        )
         lines.append(f"    exec {shell_join(c.argv)} ;;")
         cases.append("\n".join(lines))
     return fill(
@@ -238,13 +242,16 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
 
 def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Optional[str] = None) -> list[str]:
     """The srun command that starts one step on its node."""
+    # Every step overlaps: engines need all of a node's CPUs and memory, which a step sized
+    # by --exact would confine them away from. Worker steps see the node's GPUs and the
+    # worker script pins its own (CUDA_VISIBLE_DEVICES from the plan); infra and frontend
+    # steps see none.
+    gpus = recipe.gpus_per_node if step.gpus else 0
     argv = [
-        "srun", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={host}",
+        "srun", "--overlap", "--mem=0", f"--gpus-per-node={gpus}", "--nodes=1", "--ntasks=1", f"--nodelist={host}",
         f"--job-name={step.name}", f"--output={job_dir}/logs/{step.name}.log", "--open-mode=append",
         "--kill-on-bad-exit=1",
     ]
-    if step.gpus:
-        argv.append(f"--gres=gpu:{step.gpus}")
     if recipe.container.runtime is ContainerRuntime.pyxis and image:
         argv.append(f"--container-image={image}")
         mounts = [f"{job_dir}:{job_dir}", *recipe.container.mounts]

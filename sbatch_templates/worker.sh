@@ -14,7 +14,6 @@ export LEADER_ADDR INFRA_ADDR
 # fault tests signal it directly.
 echo $$ > {{ pid_dir }}/{{ worker }}.n"$node_rank".pid
 {{ setup_sources }}
-echo "[inferx] {{ worker }} node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
 case "$node_rank" in
 {{ cases }}
   *) echo "[inferx] {{ worker }}: no node rank $node_rank in this worker" >&2; exit 2 ;;

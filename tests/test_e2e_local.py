@@ -71,6 +71,11 @@ def test_2p1d_with_multi_node_decode_and_etcd_nats(cluster, tmp_path):
     # both prefill workers took part (round-robin)
     assert served["per_worker"]["prefill-0"] > 0 and served["per_worker"]["prefill-1"] > 0
     assert summary["rows"][0]["num_prefill_gpu"] == 4 and summary["rows"][0]["num_decode_gpu"] == 8
+    # the two DEP2 prefill workers share node 0 but not GPUs
+    logs = handle.results_dir / "logs"
+    assert "host=node1 gpus=0,1 " in (logs / "prefill-0.n0.log").read_text()
+    assert "host=node1 gpus=2,3 " in (logs / "prefill-1.n0.log").read_text()
+    assert "gpus=0,1,2,3 " in (logs / "decode-0.n1.log").read_text()
     # the non-leader decode node ran its step for the worker's lifetime
     assert (handle.results_dir / "logs" / "decode-0.n1.log").exists()
     handle._wait_slurm_end(15)

@@ -92,7 +92,9 @@ def test_steps_and_srun_commands():
     assert leaders == ["prefill-0.n0", "prefill-1.n0", "decode-0.n0"]
     step = next(s for s in job.steps if s.name == "decode-0.n2")
     argv = srun_argv(r, step, "gb-node-7", JOB_DIR, "/images/x.sqsh")
-    assert "--nodelist=gb-node-7" in argv and "--gres=gpu:4" in argv
+    assert "--nodelist=gb-node-7" in argv and "--gpus-per-node=4" in argv and "--overlap" in argv
+    fe = srun_argv(r, job.steps[1], "gb-node-0", JOB_DIR)
+    assert "--gpus-per-node=0" in fe
     assert "--container-image=/images/x.sqsh" in argv
     assert argv[-3:] == ["bash", f"{JOB_DIR}/scripts/decode-0.sh", "2"]
 

@@ -26,15 +26,18 @@ export XDG_CACHE_HOME=/shared/results/golden/cache/"$(hostname)"/xdg_cache_home
 # fault tests signal it directly.
 echo $$ > /shared/results/golden/logs/decode-0.n"$node_rank".pid
 :
-echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
 case "$node_rank" in
   0)  # plan node 1 (leader)
+    export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT=20010
     export VLLM_NIXL_SIDE_CHANNEL_PORT=20011
+    echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
     exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 8 --enable-expert-parallel --nnodes 2 --node-rank 0 --master-addr "${LEADER_ADDR}" --master-port 20012 --block-size 128 --max-model-len 9472 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16]}' --attention-backend FLASHINFER --no-enable-prefix-caching --language-model-only --trust-remote-code --max-num-seqs 16 --stream-interval 1 ;;
   1)  # plan node 2
+    export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT=20010
     export VLLM_NIXL_SIDE_CHANNEL_PORT=20011
+    echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
     exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 8 --enable-expert-parallel --nnodes 2 --node-rank 1 --master-addr "${LEADER_ADDR}" --master-port 20012 --headless --block-size 128 --max-model-len 9472 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16]}' --attention-backend FLASHINFER --no-enable-prefix-caching --language-model-only --trust-remote-code --max-num-seqs 16 --stream-interval 1 ;;
   *) echo "[inferx] decode-0: no node rank $node_rank in this worker" >&2; exit 2 ;;
 esac

@@ -26,11 +26,12 @@ export XDG_CACHE_HOME=/shared/results/golden/cache/"$(hostname)"/xdg_cache_home
 # fault tests signal it directly.
 echo $$ > /shared/results/golden/logs/prefill-0.n"$node_rank".pid
 :
-echo "[inferx] prefill-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
 case "$node_rank" in
   0)  # plan node 0 (leader)
+    export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT=20000
     export VLLM_NIXL_SIDE_CHANNEL_PORT=20001
+    echo "[inferx] prefill-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
     exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 4 --block-size 128 --max-model-len 9472 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --language-model-only --trust-remote-code --max-num-batched-tokens 16384 --enforce-eager ;;
   *) echo "[inferx] prefill-0: no node rank $node_rank in this worker" >&2; exit 2 ;;
 esac

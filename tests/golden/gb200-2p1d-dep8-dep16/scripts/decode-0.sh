@@ -26,23 +26,30 @@ export XDG_CACHE_HOME=/shared/results/golden/cache/"$(hostname)"/xdg_cache_home
 # fault tests signal it directly.
 echo $$ > /shared/results/golden/logs/decode-0.n"$node_rank".pid
 :
-echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
 case "$node_rank" in
   0)  # plan node 4 (leader)
+    export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT=20020
     export VLLM_NIXL_SIDE_CHANNEL_PORT=20021
+    echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
     exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port 20022 --data-parallel-start-rank 0 --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16,32,64,128,256,512,1024,2048,4096]}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code --max-num-seqs 512 ;;
   1)  # plan node 5
+    export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT=20020
     export VLLM_NIXL_SIDE_CHANNEL_PORT=20021
+    echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
     exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port 20022 --data-parallel-start-rank 4 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16,32,64,128,256,512,1024,2048,4096]}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code --max-num-seqs 512 ;;
   2)  # plan node 6
+    export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT=20020
     export VLLM_NIXL_SIDE_CHANNEL_PORT=20021
+    echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
     exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port 20022 --data-parallel-start-rank 8 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16,32,64,128,256,512,1024,2048,4096]}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code --max-num-seqs 512 ;;
   3)  # plan node 7
+    export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT=20020
     export VLLM_NIXL_SIDE_CHANNEL_PORT=20021
+    echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
     exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port 20022 --data-parallel-start-rank 12 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16,32,64,128,256,512,1024,2048,4096]}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code --max-num-seqs 512 ;;
   *) echo "[inferx] decode-0: no node rank $node_rank in this worker" >&2; exit 2 ;;
 esac

@@ -26,15 +26,18 @@ export XDG_CACHE_HOME=/shared/results/golden/cache/"$(hostname)"/xdg_cache_home
 # fault tests signal it directly.
 echo $$ > /shared/results/golden/logs/prefill-0.n"$node_rank".pid
 :
-echo "[inferx] prefill-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
 case "$node_rank" in
   0)  # plan node 0 (leader)
+    export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT=20000
     export VLLM_NIXL_SIDE_CHANNEL_PORT=20001
+    echo "[inferx] prefill-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
     exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 1 --data-parallel-size 8 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port 20002 --data-parallel-start-rank 0 --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code ;;
   1)  # plan node 1
+    export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT=20000
     export VLLM_NIXL_SIDE_CHANNEL_PORT=20001
+    echo "[inferx] prefill-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
     exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 1 --data-parallel-size 8 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port 20002 --data-parallel-start-rank 4 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code ;;
   *) echo "[inferx] prefill-0: no node rank $node_rank in this worker" >&2; exit 2 ;;
 esac
