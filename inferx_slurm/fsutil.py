@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | Path, text: str, *, mode: int | None = None) -> Path:
+def atomic_write(path: str | Path, data: str | bytes, *, mode: int | None = None) -> Path:
     """Write to a temp file in the same dir, fsync, rename: readers see the old or new file, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         if mode is not None:
@@ -37,3 +37,17 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename in `path` durable; a no-op where the filesystem cannot fsync a directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

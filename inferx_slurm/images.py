@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from inferx_slurm.fsutil import fsync_dir
 from inferx_slurm.errors import InferxError
 from inferx_slurm.locks import LEASE_S, Holder, LockTimeout, exclusive
 
@@ -329,15 +330,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _publish(tmp: Path, final: Path) -> bool:
     """Give ``tmp`` the name ``final`` without ever replacing an existing file.  False if taken."""
     try:
@@ -482,7 +474,7 @@ def import_image(
             verify_squashfs(tmp)
             _fsync_file(tmp)
             published = _publish(tmp, final)
-            _fsync_dir(dest)
+            fsync_dir(dest)
         finally:
             shutil.rmtree(runtime, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):

@@ -6,9 +6,7 @@ through submitit; a `JobHandle` waits, streams logs, cancels and returns results
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
 import subprocess
 import sys
 import time

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from inferx_slurm.fsutil import fsync_dir
 from inferx_slurm.errors import InferxError
 from inferx_slurm.locks import LEASE_S, Holder, LockTimeout, exclusive
 
@@ -523,7 +524,7 @@ def stage_model(
         }
         _write_atomic(partial / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
         _write_atomic(partial / READY_NAME, json.dumps({"ready": time.time(), "host": socket.gethostname()}) + "\n")
-        _fsync_dir(partial)
+        fsync_dir(partial)
         try:
             os.rename(partial, final)
         except OSError:
@@ -531,16 +532,7 @@ def stage_model(
             if not is_staged(final):
                 raise
             return result(files, 0, 0, reused=True)
-        _fsync_dir(dest)
+        fsync_dir(dest)
         if log:
             log(f"staged {source.ident} -> {final}: {copied} files copied, {skipped} already there")
         return result(files, copied, nbytes, reused=False)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

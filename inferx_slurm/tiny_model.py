@@ -34,6 +34,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from .fsutil import atomic_write
+
 DEFAULT_NAME = "inferx/tiny-moe"
 VOCAB_SIZE = 4096
 SEED = 20240601
@@ -294,24 +296,6 @@ def _same_dir(path: Path, files: dict[str, bytes]) -> bool:
     return all((path / f).read_bytes() == data for f, data in files.items())
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _dir_matches(path: Path, files: dict[str, bytes], symlinks: Optional[dict[str, str]]) -> bool:
     if symlinks is None:
         return _same_dir(path, files)
@@ -373,13 +357,13 @@ def install_hf_cache(hf_cache: Path, files: dict[str, bytes], name: str = DEFAUL
         sha = _git_blob_sha1(data)
         blob = blobs / sha
         if not (blob.is_file() and blob.read_bytes() == data):
-            _atomic_bytes(blob, data)
+            atomic_write(blob, data, mode=0o644)
         links[fname] = f"../../blobs/{sha}"
     snapshot = repo / "snapshots" / rev
     _install_dir(snapshot, files, symlinks=links)
     ref = repo / "refs" / "main"
     if not (ref.is_file() and ref.read_text() == rev):
-        _atomic_bytes(ref, rev.encode())  # no trailing newline, like huggingface_hub
+        atomic_write(ref, rev.encode(), mode=0o644)  # no trailing newline, like huggingface_hub
     return snapshot
 
 

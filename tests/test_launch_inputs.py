@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from inferx_slurm.launcher import dry_run_text, import_image_for, prepare, stage_model_for
 from inferx_slurm.recipe import Recipe

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import InferxError
 from ..images import IMPORT_TIMEOUT_S, import_image
 from ..locks import Holder
+from .argtypes import seconds
 
 
 def _say(message: str) -> None:
@@ -42,16 +43,6 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "image",
@@ -78,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--json", action="store_true", help="print the result as JSON: path, uri, imported, seconds")
     imp.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds,
         default=None,
         metavar="SECONDS",
         help=f"how long to wait for another process importing the same image (default {IMPORT_TIMEOUT_S:.0f})",

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import InferxError
 from ..locks import Holder
 from ..staging import STAGE_TIMEOUT_S, StageSourceError, stage_model
+from .argtypes import positive_int, seconds
 
 
 def _say(message: str) -> None:
@@ -52,26 +53,6 @@ def run_stage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "model",
@@ -95,11 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--dest", metavar="DIR", default=None, help="shared model dir (default: $INFERX_MODEL_DIR)")
     st.add_argument("--name", default=None, help="directory name under DIR (default: derived from SRC)")
     st.add_argument("--json", action="store_true", help="print the result as JSON")
-    st.add_argument("--workers", type=_positive_int, default=8, metavar="N", help="parallel copies (default 8)")
+    st.add_argument("--workers", type=positive_int, default=8, metavar="N", help="parallel copies (default 8)")
     st.add_argument("--checksum", action="store_true", help="record a sha256 per file in the manifest")
     st.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds,
         default=None,
         metavar="SECONDS",
         help=f"how long to wait for another process staging the same model (default {STAGE_TIMEOUT_S:.0f})",

@@ -4,7 +4,6 @@ diagnosis, every log kept and partial results marked partial."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
