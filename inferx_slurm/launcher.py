@@ -185,6 +185,7 @@ def submit(recipe: Recipe, results_dir: Optional[Path] = None, *, env: Optional[
     from .runtime.driver import run_job
 
     env = env or {}
+    check_feasible(recipe)
     recipe = stage_model_for(recipe)
     results_dir, plan, _ = prepare(recipe, results_dir or default_results_dir(recipe))
     import_image_for(recipe, results_dir)
@@ -207,6 +208,14 @@ def submit(recipe: Recipe, results_dir: Optional[Path] = None, *, env: Optional[
                 os.environ[k] = v
     atomic_write_json(results_dir / "job.json", {"job_id": job.job_id, "submitted": time.time(), "argv": sys.argv})
     return JobHandle(job.job_id, results_dir, env=env, job=job)
+
+
+def check_feasible(recipe: Recipe) -> list:
+    """Refuse, before staging or submitting anything, a topology whose workers cannot hold the weights."""
+    from .feasibility import local_weights_gb, require_fit
+
+    weights = recipe.model.weights_gb or local_weights_gb(recipe.model.path)
+    return require_fit(recipe, plan_recipe(recipe), weights)
 
 
 # Images and models are made ready once, under a lock, before the allocation starts burning

@@ -6,6 +6,8 @@ come from recipes that run on these platforms; the comments say what breaks with
 
 from __future__ import annotations
 
+from typing import Optional
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -15,6 +17,7 @@ class Profile(BaseModel):
     name: str
     description: str
     gpus_per_node: int
+    gpu_memory_gb: Optional[float] = Field(None, description="memory of one GPU, for the feasibility check")
     env: dict[str, str] = Field(default_factory=dict)
     # Per-node cache dirs: concurrent builds into one shared cache dir deadlock (torch extensions,
     # triton, flashinfer JIT), so every node gets its own under this root unless the recipe says otherwise.
@@ -49,10 +52,10 @@ PROFILES: dict[str, Profile] = {
     for p in [
         Profile(name="generic", description="no platform settings; 8 GPUs a node", gpus_per_node=8),
         Profile(name="local", description="the embedded local Slurm cluster with mock engines", gpus_per_node=4),
-        Profile(name="gb200-nvl72", description="GB200 NVL72: 4 GPUs a node, KV transfer over MNNVL", gpus_per_node=4, env=_GB200_KV_OVER_NVLINK),
-        Profile(name="h100", description="H100 SXM: 8 GPUs a node, KV over NVLink/IB", gpus_per_node=8, env={"UCX_TLS": "cuda_copy,cuda_ipc,rc,tcp"}),
-        Profile(name="h200", description="H200 SXM: 8 GPUs a node, KV over NVLink/IB", gpus_per_node=8, env={"UCX_TLS": "cuda_copy,cuda_ipc,rc,tcp"}),
-        Profile(name="mi300x", description="AMD MI300X: 8 GPUs a node, ROCm with AITER kernels", gpus_per_node=8, env=_ROCM_AITER),
-        Profile(name="mi355x", description="AMD MI355X: 8 GPUs a node, ROCm with AITER kernels", gpus_per_node=8, env=_ROCM_AITER),
+        Profile(name="gb200-nvl72", description="GB200 NVL72: 4 GPUs a node, KV transfer over MNNVL", gpus_per_node=4, gpu_memory_gb=186, env=_GB200_KV_OVER_NVLINK),
+        Profile(name="h100", description="H100 SXM: 8 GPUs a node, KV over NVLink/IB", gpus_per_node=8, gpu_memory_gb=80, env={"UCX_TLS": "cuda_copy,cuda_ipc,rc,tcp"}),
+        Profile(name="h200", description="H200 SXM: 8 GPUs a node, KV over NVLink/IB", gpus_per_node=8, gpu_memory_gb=141, env={"UCX_TLS": "cuda_copy,cuda_ipc,rc,tcp"}),
+        Profile(name="mi300x", description="AMD MI300X: 8 GPUs a node, ROCm with AITER kernels", gpus_per_node=8, gpu_memory_gb=192, env=_ROCM_AITER),
+        Profile(name="mi355x", description="AMD MI355X: 8 GPUs a node, ROCm with AITER kernels", gpus_per_node=8, gpu_memory_gb=288, env=_ROCM_AITER),
     ]
 }

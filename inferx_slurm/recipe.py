@@ -43,6 +43,9 @@ class ModelSpec(_Strict):
     stage_dir: Optional[str] = Field(
         None, description="shared dir to stage the checkpoint into once, under a lock, before serving offline"
     )
+    weights_gb: Optional[float] = Field(
+        None, gt=0, description="checkpoint size in GB, for the feasibility check; measured from a local path if unset"
+    )
 
     @property
     def name(self) -> str:
@@ -85,6 +88,7 @@ class SlurmSpec(_Strict):
     qos: Optional[str] = None
     time: str = Field("01:00:00", description="walltime: MM, HH:MM:SS or D-HH:MM:SS")
     gpus_per_node: Optional[int] = Field(None, ge=1, le=16, description="defaults to the profile's value")
+    gpu_memory_gb: Optional[float] = Field(None, gt=0, description="memory of one GPU; defaults to the profile's value")
     exclusive: bool = True
     segment: Optional[int] = Field(None, ge=1, description="GB200 NVL72: nodes per NVLink segment (--segment)")
     job_name: Optional[str] = None

@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..launcher import RunError, default_results_dir, dry_run_text, submit
+from ..launcher import RunError, check_feasible, default_results_dir, dry_run_text, submit
 from ..recipe import Recipe
 from ..results import format_table, served_line
 from ..sweep import expand
@@ -17,6 +17,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = Recipe.load(args.recipe)
     deployments = expand(recipe)
     root = Path(args.results_dir) if args.results_dir else None
+    for d in deployments:
+        check_feasible(d.recipe)  # every deployment of a sweep, before the first is submitted
     if args.dry_run:
         for d in deployments:
             target = (root if root and len(deployments) == 1 else (root or Path("results")) / d.name)

@@ -37,7 +37,19 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
     else:
         print("\n\n".join(format_plan(p, title=name) for name, p in plans))
+        if recipe is not None:
+            for line in _fit_lines(expand(recipe)[0].recipe):
+                print(line)
     return 0
+
+
+def _fit_lines(recipe: Recipe) -> list[str]:
+    from ..feasibility import check, local_weights_gb
+
+    weights = recipe.model.weights_gb or local_weights_gb(recipe.model.path)
+    if weights is None:
+        return []
+    return ["feasibility: " + f.describe() for f in check(recipe, plan_recipe(recipe), weights)]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,59 @@
+import subprocess
+import sys
+
+import pytest
+
+from inferx_slurm.errors import RecipeError
+from inferx_slurm.feasibility import check, local_weights_gb, require_fit
+from inferx_slurm.plan import plan_recipe
+from inferx_slurm.recipe import Recipe
+
+
+def recipe(topology, profile="gb200-nvl72", **engine):
+    return Recipe.from_dict({"name": "f", "profile": profile, "model": {"path": "org/m"}, "topology": topology,
+                             "engine": engine or {}})
+
+
+def test_444gb_checkpoint_needs_four_gb200_gpus_per_worker():
+    r = recipe("1P1D TP4->TEP8")
+    fits = check(r, plan_recipe(r), 444)
+    assert [(f.role, round(f.weights_per_gpu_gb, 1), f.fits) for f in fits] == [("prefill", 111.0, True), ("decode", 55.5, True)]
+    bad = recipe("1P1D TP2->TEP8")
+    with pytest.raises(RecipeError) as e:
+        require_fit(bad, plan_recipe(bad), 444)
+    assert str(e.value).startswith("topology.prefill:") and "at least 4 GPUs per prefill worker" in str(e.value)
+
+
+def test_both_roles_reported_and_utilization_respected():
+    r = recipe("1P1D TP1->TP1", profile="h100")
+    with pytest.raises(RecipeError) as e:
+        require_fit(r, plan_recipe(r), 100)
+    assert "topology.prefill" in str(e.value) and "topology.decode" in str(e.value)
+    # 70 GB on an 80 GB H100 fits at 0.95 utilization (76 GB usable, 7.6 GB left for KV) but not at 0.9
+    tight = recipe("1P1D TP1", profile="h100", args={"gpu-memory-utilization": 0.95})
+    assert all(f.fits for f in check(tight, plan_recipe(tight), 68))
+    assert not any(f.fits for f in check(recipe("1P1D TP1", profile="h100"), plan_recipe(recipe("1P1D TP1", profile="h100")), 68))
+
+
+def test_unknown_memory_or_size_checks_nothing():
+    r = recipe("1P1D TP1", profile="generic")
+    assert check(r, plan_recipe(r), 10_000) == []
+    assert require_fit(recipe("1P1D TP1"), plan_recipe(recipe("1P1D TP1")), None) == []
+
+
+def test_measures_local_checkpoint(tmp_path):
+    (tmp_path / "model-1.safetensors").write_bytes(b"\0" * 3_000_000)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.bin").write_bytes(b"\0" * 1_000_000)
+    (tmp_path / "config.json").write_text("{}")
+    assert local_weights_gb(tmp_path) == pytest.approx(0.004)
+    assert local_weights_gb(tmp_path / "nope") is None
+
+
+def test_launch_refuses_before_submitting(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nprofile: gb200-nvl72\nmodel: {path: m, weights_gb: 444}\ntopology: 1P1D TP2->TEP8\n")
+    out = subprocess.run([sys.executable, "-m", "inferx_slurm", "launch", str(bad), "--results-dir", str(tmp_path / "r")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "topology.prefill" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "r").exists()
