@@ -6,6 +6,7 @@ through submitit; a `JobHandle` waits, streams logs, cancels and returns results
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -180,34 +181,76 @@ class RunError(InferxError):
 
 def submit(recipe: Recipe, results_dir: Optional[Path] = None, *, env: Optional[dict[str, str]] = None) -> JobHandle:
     """Prepare the job dir and submit the deployment. Returns at once with a handle."""
+    return submit_many([(recipe, results_dir or default_results_dir(recipe))], env=env)[0]
+
+
+def submit_many(
+    deployments: list[tuple[Recipe, Path]], *, env: Optional[dict[str, str]] = None, array_name: Optional[str] = None
+) -> list[JobHandle]:
+    """Submit several deployments; those that need the same allocation go as one Slurm job array.
+
+    Every deployment is checked before the first is staged or submitted, so a sweep with one
+    bad point submits nothing.
+    """
     import submitit
 
     from .runtime.driver import run_job
 
     env = env or {}
-    check_feasible(recipe)
-    recipe = stage_model_for(recipe)
-    results_dir, plan, _ = prepare(recipe, results_dir or default_results_dir(recipe))
-    import_image_for(recipe, results_dir)
-    folder = results_dir / "submitit"
-    executor = submitit.SlurmExecutor(folder=folder)
-    executor.update_parameters(**executor_params(recipe, plan))
+    for recipe, _ in deployments:
+        check_feasible(recipe)
+    prepared = []
+    for recipe, results_dir in deployments:
+        recipe = stage_model_for(recipe)
+        results_dir, plan, _ = prepare(recipe, results_dir)
+        import_image_for(recipe, results_dir)
+        prepared.append((recipe, results_dir, executor_params(recipe, plan)))
+    groups: dict[str, list[tuple[Recipe, Path, dict[str, Any]]]] = {}
+    for item in prepared:
+        shape = {k: v for k, v in item[2].items() if k != "job_name"}
+        groups.setdefault(repr(sorted(shape.items())), []).append(item)
+
+    handles = []
+    for items in groups.values():
+        recipe, results_dir, params = items[0]
+        if len(items) == 1:
+            folder = results_dir / "submitit"
+        else:
+            params = {**params, "job_name": array_name or recipe.name}
+            folder = results_dir.parent / f"submitit-{params['job_name']}-{results_dir.name}"
+        executor = submitit.SlurmExecutor(folder=folder)
+        executor.update_parameters(**params)
+        with _environ(env):
+            try:
+                if len(items) == 1:
+                    jobs = [executor.submit(run_job, str(results_dir))]
+                else:
+                    with executor.batch():
+                        jobs = [executor.submit(run_job, str(rd)) for _, rd, _ in items]
+            except subprocess.CalledProcessError as e:
+                raise SubmitError(f"sbatch refused the job: {(e.stderr or b'').decode(errors='replace').strip() or e}") from None
+            except Exception as e:  # submitit wraps sbatch failures in several types
+                raise SubmitError(f"sbatch refused the job: {e}") from None
+        for job, (_, rd, _) in zip(jobs, items):
+            atomic_write_json(rd / "job.json", {"job_id": job.job_id, "submitted": time.time(), "argv": sys.argv,
+                                                "submitit_folder": str(folder)})
+            handles.append(JobHandle(job.job_id, rd, env=env, job=job))
+    return handles
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    # sbatch reads SLURM_CONF and friends from the environment of the submitting process.
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        job = executor.submit(run_job, str(results_dir))
-    except subprocess.CalledProcessError as e:
-        raise SubmitError(f"sbatch refused the job: {(e.stderr or b'').decode(errors='replace').strip() or e}") from None
-    except Exception as e:  # submitit wraps sbatch failures in several types
-        raise SubmitError(f"sbatch refused the job: {e}") from None
+        yield
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    atomic_write_json(results_dir / "job.json", {"job_id": job.job_id, "submitted": time.time(), "argv": sys.argv})
-    return JobHandle(job.job_id, results_dir, env=env, job=job)
 
 
 def check_feasible(recipe: Recipe) -> list:

@@ -67,7 +67,7 @@ def expand(recipe: Recipe) -> list[Deployment]:
                 g = groups.setdefault(key, {"topo": topo, "scen": scen, "sets": sets, "concs": []})
                 g["concs"].append(conc)
     out = []
-    for (topo_s, scen_s, _), g in groups.items():
+    for i, ((topo_s, scen_s, _), g) in enumerate(groups.items()):
         base = recipe.model_copy(
             update={
                 "topology": g["topo"],
@@ -83,6 +83,15 @@ def expand(recipe: Recipe) -> list[Deployment]:
                 raise RecipeError(f"sweep.overrides ({topo_s}, {scen_s})", g["sets"], str(e)) from None
             if not single and len([k for k in groups if k[:2] == (topo_s, scen_s)]) > 1:
                 name += f"-c{g['concs'][0]}"
+        if not single:
+            # Points of one sweep may share nodes (small clusters, arrays); distinct ports keep
+            # their frontends and workers apart.
+            fe, pl = base.frontend, base.placement
+            base = base.model_copy(update={
+                "frontend": fe.model_copy(update={"http_port": fe.http_port + i, "etcd_port": fe.etcd_port + 2 * i,
+                                                  "nats_port": fe.nats_port + i}),
+                "placement": pl.model_copy(update={"port_base": pl.port_base + 200 * (i % 100)}),
+            })
         base = base.model_copy(update={"name": name})
         out.append(
             Deployment(name=name, topology=topo_s, scenario=scen_s, concurrency=g["concs"], overrides=g["sets"], recipe=base)

@@ -11,7 +11,7 @@ import pytest
 
 from inferx_slurm import submit
 
-from conftest import local_recipe
+from conftest import LOCAL_RECIPES, local_recipe
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -80,3 +80,25 @@ def test_2p1d_with_multi_node_decode_and_etcd_nats(cluster, tmp_path):
     assert (handle.results_dir / "logs" / "decode-0.n1.log").exists()
     handle._wait_slurm_end(15)
     assert handle.slurm_state() == "COMPLETED"
+
+
+def test_sweep_goes_as_one_job_array(cluster, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "inferx_slurm", "launch", str(LOCAL_RECIPES / "mocker-sweep.yaml"), "--wait",
+         "--results-dir", str(tmp_path / "results")],
+        capture_output=True, text=True, timeout=400, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    dirs = sorted((tmp_path / "results").glob("local-mocker-sweep-*/summary.json"))
+    assert len(dirs) == 2
+    ids = [json.loads((d.parent / "job.json").read_text())["job_id"] for d in dirs]
+    array_ids = {i.split("_")[0] for i in ids}
+    assert len(array_ids) == 1 and sorted(i.split("_")[1] for i in ids) == ["0", "1"], ids
+    isl = sorted(json.loads(d.read_text())["rows"][0]["isl"] for d in dirs)
+    assert isl == [128, 256]
+    for d in dirs:
+        s = json.loads(d.read_text())
+        # 10 requests per unit of concurrency (2) = 20
+        assert s["rows"][0]["completed"] == 20 and s["served"]["through_prefill_and_decode"] == 20
+    states = sacct_steps(ids[0], cluster.env)
+    assert states and states[0][1] == "COMPLETED"

@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ..launcher import RunError, check_feasible, default_results_dir, dry_run_text, submit
+from ..launcher import RunError, check_feasible, default_results_dir, dry_run_text, submit_many
 from ..recipe import Recipe
 from ..results import format_table, served_line
 from ..sweep import expand
@@ -24,11 +24,12 @@ def run(args: argparse.Namespace) -> int:
             target = (root if root and len(deployments) == 1 else (root or Path("results")) / d.name)
             sys.stdout.write(dry_run_text(d.recipe, Path(target).resolve()))
         return 0
-    handles = []
-    for d in deployments:
-        target = root if root and len(deployments) == 1 else default_results_dir(d.recipe, root or "results")
-        h = submit(d.recipe, target)
-        handles.append(h)
+    targets = [
+        (d.recipe, root if root and len(deployments) == 1 else default_results_dir(d.recipe, root or "results"))
+        for d in deployments
+    ]
+    handles = submit_many(targets, array_name=recipe.name)
+    for d, h in zip(deployments, handles):
         print(f"submitted {d.name}: job {h.job_id}, results in {h.results_dir}", flush=True)
     if not args.wait:
         return 0
