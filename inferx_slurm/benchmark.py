@@ -103,3 +103,14 @@ def summarize(
         # Requests the client never got an answer for count as failed too.
         "failed": errors + max(0, expected_requests - completed - errors),
     }
+
+
+def profiling_window(export: dict[str, Any]) -> tuple[float, float]:
+    """Unix start and end of the measured phase (aiperf writes local ISO times), without the
+    client's own start-up, so GPU metrics average over the load alone."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(export["start_time"]).timestamp(), datetime.fromisoformat(export["end_time"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return 0.0, float("inf")

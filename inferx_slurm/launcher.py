@@ -47,7 +47,7 @@ def _fresh_dir(path: Path) -> Path:
 def prepare(recipe: Recipe, results_dir: Path) -> tuple[Path, Plan, RenderedJob]:
     results_dir = _fresh_dir(results_dir.resolve())
     plan = plan_recipe(recipe)
-    job = render(recipe, str(results_dir), plan)
+    job = render(recipe, str(results_dir), plan, python=sys.executable)
     for rel, text in job.files.items():
         atomic_write(results_dir / rel, text, mode=0o755 if rel.endswith(".sh") else None)
     atomic_write(results_dir / "recipe.yaml", recipe.to_yaml())
@@ -62,7 +62,7 @@ def dry_run_text(recipe: Recipe, results_dir: Path) -> str:
     """Everything `launch` would submit and run, with nothing written or submitted."""
     plan = plan_recipe(recipe)
     job_dir = str(results_dir)
-    job = render(recipe, job_dir, plan)
+    job = render(recipe, job_dir, plan, python=sys.executable)
     out = [f"# inferx-slurm launch --dry-run: {recipe.name} ({plan.topology})", "", format_plan(plan), ""]
     out += ["# ---- sbatch script (submitted through submitit) ----", sbatch_script(recipe, plan, f"{job_dir}/submitit")]
     out += [

@@ -205,6 +205,7 @@ class BenchmarkSpec(_Strict):
     stall_timeout_s: float = Field(120, gt=0, description="fail when no token or request completes for this long")
     client_startup_timeout_s: float = Field(300, gt=0, description="fail when the client sends no request for this long")
     tokenizer: Optional[str] = Field(None, description="tokenizer the client counts tokens with; defaults to model.path")
+    gpu_metrics_interval_s: Optional[float] = Field(1.0, gt=0, description="NVML sampling period per node; null turns sampling off")
     args: dict[str, ArgValue] = Field(default_factory=dict, description="extra client flags")
 
     @field_validator("concurrency")

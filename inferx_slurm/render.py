@@ -21,7 +21,7 @@ from .plan import Plan, WorkerPlacement, plan_recipe
 from .profiles import PROFILES
 from .recipe import ContainerRuntime, Discovery, Recipe
 
-StepKind = Literal["infra", "frontend", "worker"]
+StepKind = Literal["infra", "frontend", "worker", "monitor"]
 _PLACEHOLDERS = (LEADER_ADDR, INFRA_ADDR)
 _PH_RE = re.compile("(" + "|".join(re.escape(p) for p in _PLACEHOLDERS) + ")")
 
@@ -189,7 +189,8 @@ def infra_body(recipe: Recipe) -> str:
     )
 
 
-def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> RenderedJob:
+def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None, *, python: str = "python3") -> RenderedJob:
+    """`python` is the interpreter that has inferx_slurm (the driver's), for the GPU samplers."""
     plan = plan or plan_recipe(recipe)
     job_dir = str(PurePosixPath(job_dir))
     files: dict[str, str] = {}
@@ -237,6 +238,13 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
                     startup_timeout_s=startup_timeout(recipe, w.role),
                 )
             )
+    interval = recipe.benchmark.gpu_metrics_interval_s
+    if interval:
+        files["scripts/gpumon.sh"] = fill(
+            template("gpumon.sh"), python=shell_word(python), out_dir=shell_word(f"{job_dir}/logs"), interval=shell_word(str(interval))
+        )
+        for node in range(plan.total_nodes):
+            steps.append(Step(name=f"gpumon.node{node}", kind="monitor", node=node, gpus=plan.gpus_per_node, script="scripts/gpumon.sh"))
     return RenderedJob(job_dir=job_dir, files=files, steps=steps, env={"INFERX_JOB_DIR": job_dir})
 
 
@@ -252,7 +260,7 @@ def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Option
         f"--job-name={step.name}", f"--output={job_dir}/logs/{step.name}.log", "--open-mode=append",
         "--kill-on-bad-exit=1",
     ]
-    if recipe.container.runtime is ContainerRuntime.pyxis and image:
+    if recipe.container.runtime is ContainerRuntime.pyxis and image and step.kind != "monitor":
         argv.append(f"--container-image={image}")
         mounts = [f"{job_dir}:{job_dir}", *recipe.container.mounts]
         argv.append("--container-mounts=" + ",".join(mounts))

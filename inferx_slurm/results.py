@@ -20,6 +20,7 @@ COLUMNS = [
     ("p99_ttft_ms", "p99 TTFT", "{:.1f}"),
     ("mean_tpot_ms", "TPOT ms", "{:.2f}"),
     ("intvty", "tok/s/user", "{:.1f}"),
+    ("avg_gpu_power_w", "W/gpu", "{:.0f}"),
     ("completed", "done", "{:d}"),
     ("failed", "failed", "{:d}"),
 ]
@@ -62,3 +63,42 @@ def served_line(summary: dict[str, Any]) -> str:
     workers = ", ".join(f"{k} {v}" for k, v in served.get("per_worker", {}).items())
     return (f"requests through prefill and decode: {served.get('through_prefill_and_decode')} "
             f"(client completed {done}); per worker: {workers}")
+
+
+# Metrics a comparison reports, and whether bigger is better.
+DELTA_METRICS = [
+    ("tput_per_gpu", "tok/s/gpu", True),
+    ("output_tput_per_gpu", "out/s/gpu", True),
+    ("mean_ttft_ms", "TTFT ms", False),
+    ("mean_tpot_ms", "TPOT ms", False),
+    ("intvty", "tok/s/user", True),
+]
+
+
+def compare(base: dict[str, Any], new: dict[str, Any]) -> str:
+    """Run-vs-run table: each (ISL, OSL, concurrency) both runs measured, new vs base in %."""
+
+    def key(r: dict[str, Any]) -> tuple[int, int, int]:
+        return (int(r["isl"]), int(r["osl"]), int(r["concurrency"]))
+
+    old = {key(r): r for r in base.get("rows", [])}
+    head = ["ISL", "OSL", "conc"] + [h for _, h, _ in DELTA_METRICS]
+    lines = [head]
+    for r in sorted(new.get("rows", []), key=key):
+        o = old.get(key(r))
+        if o is None:
+            continue
+        cells = [str(x) for x in key(r)]
+        for k, _, higher_better in DELTA_METRICS:
+            a, b = o.get(k), r.get(k)
+            if not a or b is None:
+                cells.append("-")
+                continue
+            pct = (b - a) / a * 100
+            better = pct > 0 if higher_better else pct < 0
+            cells.append(f"{pct:+.1f}%" + ("" if abs(pct) < 0.05 else (" ok" if better else " !!")))
+        lines.append(cells)
+    if len(lines) == 1:
+        return "(no (ISL, OSL, concurrency) point in common)"
+    widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(l, widths)) for l in lines)

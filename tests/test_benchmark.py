@@ -55,3 +55,19 @@ def test_aiperf_command_line():
 def test_table_formats_missing_values():
     text = format_table([{"isl": 1, "osl": 2, "concurrency": 3, "mean_ttft_ms": None}])
     assert text.splitlines()[1].split()[:3] == ["1", "2", "3"] and "-" in text
+
+
+def test_run_vs_run_deltas():
+    from inferx_slurm.results import compare
+
+    base = {"rows": [{"isl": 1024, "osl": 1024, "concurrency": 4, "tput_per_gpu": 100.0, "mean_ttft_ms": 50.0,
+                      "mean_tpot_ms": 10.0, "output_tput_per_gpu": 80.0, "intvty": 100.0},
+                     {"isl": 1024, "osl": 1024, "concurrency": 8, "tput_per_gpu": 1.0}]}
+    new = {"rows": [{"isl": 1024, "osl": 1024, "concurrency": 4, "tput_per_gpu": 110.0, "mean_ttft_ms": 60.0,
+                     "mean_tpot_ms": 10.0, "output_tput_per_gpu": None, "intvty": 90.0},
+                    {"isl": 8192, "osl": 1024, "concurrency": 4, "tput_per_gpu": 5.0}]}
+    lines = compare(base, new).splitlines()
+    assert len(lines) == 2  # only the point both runs measured
+    text = lines[1]
+    assert "+10.0% ok" in text and "+20.0% !!" in text and "-10.0% !!" in text and "+0.0%" in text and " - " in f" {text} "
+    assert "no (ISL, OSL, concurrency) point in common" in compare(base, {"rows": []})

@@ -37,6 +37,8 @@ def test_1p1d_mocker_end_to_end(cluster, tmp_path):
         assert r["total_token_throughput"] > 0 and r["output_throughput"] > 0
         assert r["tput_per_gpu"] == pytest.approx(r["total_token_throughput"] / 2)
         assert r["mean_ttft_ms"] > 0 and r["intvty"] > 0
+        # the local cluster has no NVML: the samplers ran and said so, and the row says "no data"
+        assert r["avg_gpu_power_w"] is None and r["gpu_nodes"] == {}
     total = sum(r["completed"] for r in rows)
     served = summary["served"]
     # every request went through the prefill worker and then the decode worker
@@ -48,6 +50,9 @@ def test_1p1d_mocker_end_to_end(cluster, tmp_path):
               "logs/prefill-0.n0.log", "logs/decode-0.n0.log", "summary.json"):
         assert (d / f).exists(), f
     assert (d / "bench" / "isl128-osl32" / "c4" / "profile_export_aiperf.json").exists()
+    for host in ("node1", "node2"):
+        first = json.loads((d / "logs" / f"gpu-{host}.jsonl").read_text().splitlines()[0])
+        assert first["nvml"] is False and first["host"] == host
     status = json.loads((d / "status.json").read_text())
     assert status["phase"] == "done" and [e["event"] for e in status["events"]][-1] == "done"
     handle._wait_slurm_end(15)

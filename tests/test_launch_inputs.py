@@ -57,9 +57,13 @@ def test_image_is_imported_once_and_given_to_every_step(tmp_path, monkeypatch):
         sqsh = Path(image["path"])
         assert sqsh.parent == tmp_path / "images" and sqsh.suffix == ".sqsh"
         assert subprocess.run(["unsquashfs", "-l", str(sqsh)], capture_output=True).returncode == 0
-        argv = srun_argv(r, job.steps[-1], "n1", str(results), image["path"])
+        worker = next(st for st in job.steps if st.kind == "worker")
+        argv = srun_argv(r, worker, "n1", str(results), image["path"])
         assert f"--container-image={sqsh}" in argv
         assert f"--container-mounts={results}:{results},/lustre:/lustre" in argv
+        # the GPU sampler runs on the host, outside the image
+        monitor = next(st for st in job.steps if st.kind == "monitor")
+        assert not any(a.startswith("--container") for a in srun_argv(r, monitor, "n1", str(results), image["path"]))
     assert len(log.read_text().splitlines()) == 1  # imported once, reused the second time
     assert "docker://nvcr.io#nvidia/ai-dynamo/vllm-runtime:0.6.1" in log.read_text()
 
@@ -68,7 +72,8 @@ def test_dry_run_writes_and_submits_nothing(tmp_path):
     r = Recipe.from_dict({"name": "d", "topology": "2P1D DEP8->DEP16", "profile": "gb200-nvl72", "model": {"path": "org/m"}})
     text = dry_run_text(r, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    assert "#SBATCH --nodes=8" in text and text.count("srun --overlap") == 2 + 2 * 2 + 4
+    # infra + frontend, 2 prefill workers x 2 nodes, decode x 4 nodes, a GPU sampler per node
+    assert "#SBATCH --nodes=8" in text and text.count("srun --overlap") == 2 + 2 * 2 + 4 + 8
 
 
 def test_cli_launch_dry_run_and_bad_recipe(tmp_path):

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..results import format_table, load_summary, served_line
+from ..results import compare, format_table, load_summary, served_line
 
 
 def run(args: argparse.Namespace) -> int:
     summary = load_summary(args.dir)
+    if args.compare:
+        base = load_summary(args.compare)
+        print(f"{summary.get('name')} vs {base.get('name')} (new vs base; ok = better, !! = worse)")
+        print(compare(base, summary))
+        return 0
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -24,4 +29,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="print the results table of a run", description="Print summary.json of a results dir as a table.")
     p.add_argument("dir", metavar="DIR", help="results dir (or its summary.json)")
     p.add_argument("--json", action="store_true", help="print summary.json as is")
+    p.add_argument("--compare", metavar="BASE", help="print the change against another run's results dir, per point, in %%")
     p.set_defaults(func=run)

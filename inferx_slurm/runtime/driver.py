@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ..benchmark import AIPERF_EXPORT, aiperf_argv, point_dir, summarize
+from ..benchmark import AIPERF_EXPORT, aiperf_argv, point_dir, profiling_window, summarize
 from ..fsutil import atomic_write, atomic_write_json, read_json
 from ..plan import Plan
 from ..recipe import Discovery, Recipe
 from ..render import RenderedJob, srun_argv
 from . import metrics, nodes, readiness
 from .accounting import served_requests
+from .gpumon import gpu_metrics
 from .steps import RunningStep, stop_all
 from .watchdog import Fault, NodeWatch, check_exits
 
@@ -158,6 +159,7 @@ class Driver:
     def _start_engines(self) -> None:
         self._launch("frontend")
         self._launch("worker")
+        self._launch("monitor")
         self.event("engines started", steps=len(self.steps))
 
     def _wait_ready(self) -> None:
@@ -208,11 +210,12 @@ class Driver:
                 export = out / AIPERF_EXPORT
                 if not export.exists():
                     raise _FaultRaised(Fault("client", None, f"benchmark client wrote no {AIPERF_EXPORT} for {scen.name} c{conc}; see {out}/client.log"))
-                self.rows.append(
-                    summarize(read_json(export), isl=scen.isl, osl=scen.osl, concurrency=conc,
-                              prefill_gpus=self.plan.prefill_gpus, decode_gpus=self.plan.decode_gpus,
-                              expected_requests=b.requests_for(conc))
-                )
+                doc = read_json(export)
+                row = summarize(doc, isl=scen.isl, osl=scen.osl, concurrency=conc,
+                                prefill_gpus=self.plan.prefill_gpus, decode_gpus=self.plan.decode_gpus,
+                                expected_requests=b.requests_for(conc))
+                row.update(gpu_metrics(self.dir / "logs", self.hosts, *profiling_window(doc)))
+                self.rows.append(row)
                 self.write_summary(partial=True)
 
     def _run_client(self, argv: list[str], out: Path) -> None:

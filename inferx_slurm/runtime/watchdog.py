@@ -52,7 +52,8 @@ class Fault:
 
 def check_exits(steps: list[RunningStep]) -> Optional[Fault]:
     for s in steps:
-        if s.stopping:
+        # A sampler that ends (no NVML on the node) is not a fault of the deployment.
+        if s.stopping or s.step.kind == "monitor":
             continue
         rc = s.poll()
         if rc is not None:

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# GPU sampler (NVML power, utilization, memory) on this node for the deployment's lifetime;
+# rendered by inferx-slurm. Runs outside any container: it needs only the host driver.
+set -euo pipefail
+exec {{ python }} -m inferx_slurm.runtime.gpumon {{ out_dir }}/gpu-"$(hostname)".jsonl --interval {{ interval }}

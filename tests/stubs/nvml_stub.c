@@ -1,0 +1,30 @@
+/* Stand-in for libnvidia-ml with the NVML calls gpumon makes, same signatures and structs as
+ * nvml.h: two GPUs, GPU i draws (300 + 10 i) W at (50 + 20 i) % utilization, 8 GB used. */
+typedef struct { unsigned int gpu; unsigned int memory; } nvmlUtilization_t;
+typedef struct { unsigned long long total; unsigned long long free; unsigned long long used; } nvmlMemory_t;
+typedef void *nvmlDevice_t;
+
+static int handles[2];
+
+int nvmlInit_v2(void) { return 0; }
+int nvmlShutdown(void) { return 0; }
+const char *nvmlErrorString(int rc) { return rc ? "stub error" : "success"; }
+int nvmlDeviceGetCount_v2(unsigned int *count) { *count = 2; return 0; }
+int nvmlDeviceGetHandleByIndex_v2(unsigned int i, nvmlDevice_t *h) {
+    if (i > 1) return 2;
+    *h = &handles[i];
+    return 0;
+}
+static int index_of(nvmlDevice_t h) { return (int *)h == &handles[1] ? 1 : 0; }
+int nvmlDeviceGetPowerUsage(nvmlDevice_t h, unsigned int *mw) { *mw = 300000 + 10000 * index_of(h); return 0; }
+int nvmlDeviceGetUtilizationRates(nvmlDevice_t h, nvmlUtilization_t *u) {
+    u->gpu = 50 + 20 * index_of(h);
+    u->memory = 10;
+    return 0;
+}
+int nvmlDeviceGetMemoryInfo(nvmlDevice_t h, nvmlMemory_t *m) {
+    m->total = 80000000000ULL;
+    m->used = 8000000000ULL;
+    m->free = m->total - m->used;
+    return 0;
+}
