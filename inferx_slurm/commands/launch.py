@@ -11,11 +11,18 @@ from ..launcher import RunError, check_feasible, default_results_dir, dry_run_te
 from ..recipe import Recipe
 from ..results import format_table, served_line
 from ..sweep import expand
+from .remote import add_remote_args, remote_from_args
 
 
 def run(args: argparse.Namespace) -> int:
     recipe = Recipe.load(args.recipe)
     deployments = expand(recipe)
+    if args.remote:
+        for d in deployments:
+            check_feasible(d.recipe)
+        passthrough = [*(["--dry-run"] if args.dry_run else []), *(["--wait"] if args.wait else []),
+                       *(["--results-dir", args.results_dir] if args.results_dir else [])]
+        return remote_from_args(args).launch(recipe, passthrough)
     root = Path(args.results_dir) if args.results_dir else None
     for d in deployments:
         check_feasible(d.recipe)  # every deployment of a sweep, before the first is submitted
@@ -71,4 +78,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print what would be submitted and run; submit nothing")
     p.add_argument("--wait", action="store_true", help="wait for the run, print the results table, exit non-zero on failure")
     p.add_argument("--results-dir", metavar="DIR", help="where results go (default: results/NAME-TIMESTAMP)")
+    add_remote_args(p)
     p.set_defaults(func=run)

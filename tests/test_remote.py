@@ -1,0 +1,115 @@
+"""Remote submission through a real sshd on 127.0.0.1 (key auth, host key checked)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "user.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    port = free_port()
+    (d / "sshd_config").write_text(f"""
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {d}/host
+PidFile {d}/sshd.pid
+AuthorizedKeysFile {d}/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+Subsystem sftp internal-sftp
+AcceptEnv LANG
+""")
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation dir sshd insists on
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "sshd.log", "w"))
+    end = time.time() + 10
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("sshd did not start: " + (d / "sshd.log").read_text())
+    host_pub = (d / "host.pub").read_text().split()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    yield {"port": port, "key": str(d / "user"), "known_hosts": str(d / "known_hosts"), "dir": d}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "inferx_slurm", *args], capture_output=True, text=True, timeout=300, cwd=REPO, **kw)
+
+
+def ssh_args(sshd, *extra):
+    return ["--identity", sshd["key"], "--known-hosts", sshd["known_hosts"],
+            "--remote-command", f"cd {REPO} && {sys.executable} -m inferx_slurm", *extra]
+
+
+def test_remote_dry_run_matches_local(sshd):
+    recipe = "recipes/disagg/gb200/minimax-m3-2p1d-dep8-dep16-1k1k.yaml"
+    remote = cli("launch", recipe, "--dry-run", "--results-dir", "/shared/r", "--remote", f"root@127.0.0.1:{sshd['port']}", *ssh_args(sshd))
+    assert remote.returncode == 0, remote.stderr
+    local = cli("launch", recipe, "--dry-run", "--results-dir", "/shared/r")
+    assert remote.stdout.strip() == local.stdout.strip()
+    uploaded = list(Path.home().joinpath(".inferx-slurm").glob("minimax-m3-gb200-2p1d-dep8-dep16-1k1k-*.yaml"))
+    assert uploaded and "topology: 2P1D DEP8->DEP16" in uploaded[-1].read_text()
+
+
+def test_bad_recipe_never_leaves_this_machine(sshd, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: b\nmodel: {path: m}\ntopology: 1P1D TP4\nbenchmark: {concurency: [1]}\n")
+    out = cli("launch", str(bad), "--remote", "root@127.0.0.1:1", *ssh_args(sshd))  # port 1: nothing listens
+    assert out.returncode == 2 and "benchmark.concurency" in out.stderr
+
+
+def test_unknown_host_key_is_refused(sshd, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    out = cli("remote", "--identity", sshd["key"], "--known-hosts", str(empty), f"root@127.0.0.1:{sshd['port']}", "--", "profiles")
+    assert out.returncode == 1 and "unknown host key" in out.stderr
+    ok = cli("remote", "--identity", sshd["key"], "--known-hosts", str(empty), "--accept-new-host-key",
+             "--remote-command", f"{sys.executable} -m inferx_slurm", f"root@127.0.0.1:{sshd['port']}", "--", "profiles")
+    assert ok.returncode == 0 and "gb200-nvl72" in ok.stdout
+    assert "127.0.0.1" in empty.read_text()
+
+
+def test_remote_exit_status_and_stderr_come_back(sshd):
+    out = cli("remote", *ssh_args(sshd), f"root@127.0.0.1:{sshd['port']}", "--", "plan", "1P1D DEP6")
+    assert out.returncode == 2 and "topology.prefill" in out.stderr
+
+
+@pytest.mark.cluster
+def test_remote_launch_runs_on_the_cluster(sshd, cluster, tmp_path):
+    out = cli("launch", "recipes/disagg/local/mocker-1p1d.yaml", "--wait", "--results-dir", str(tmp_path / "run"),
+              "--remote", f"root@127.0.0.1:{sshd['port']}", *ssh_args(sshd, "--remote-env", f"SLURM_CONF={cluster.slurm_conf}",
+                                                                    "--remote-env", f"INFERX_LOCAL_CLUSTER_DIR={cluster.state_dir}"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "requests through prefill and decode: 30" in out.stdout
+    assert (tmp_path / "run" / "summary.json").exists()
