@@ -27,6 +27,9 @@ def executor_params(recipe: Recipe, plan: Plan) -> dict[str, Any]:
         "ntasks_per_node": 1,
         "time": max(1, s.minutes),
         "use_srun": False,
+        # submitit's warning signal goes to every step, engines included; the driver stops on
+        # its own clock (slurm.stop_before_limit_s) well before, so send it as late as possible.
+        "signal_delay_s": 5,
         "additional_parameters": extra,
     }
     if plan.gpus_per_node and recipe.engine.backend is not None:

@@ -87,6 +87,9 @@ class SlurmSpec(_Strict):
     account: Optional[str] = None
     qos: Optional[str] = None
     time: str = Field("01:00:00", description="walltime: MM, HH:MM:SS or D-HH:MM:SS")
+    stop_before_limit_s: float = Field(
+        60, ge=0, description="end the run cleanly (partial results, logs, diagnosis) this long before the time limit"
+    )
     gpus_per_node: Optional[int] = Field(None, ge=1, le=16, description="defaults to the profile's value")
     gpu_memory_gb: Optional[float] = Field(None, gt=0, description="memory of one GPU; defaults to the profile's value")
     exclusive: bool = True

@@ -190,3 +190,18 @@ def test_sigint_on_launch_cancels_cleanly(cluster, tmp_path):
     assert st["phase"] == "failed" and st["fault"] == "cancelled", text
     assert "cancelling" in text and "FAILED" in text
     record(type("H", (), {"results_dir": out})(), st, elapsed)
+
+
+def test_time_limit_ends_the_run_cleanly(cluster, tmp_path):
+    # One minute of walltime, stop 45 s before it: the driver ends the run on its own clock,
+    # before Slurm's kill, keeping logs and partial results.
+    r = local_recipe("mocker-1p1d.yaml", **{**LONG, "slurm.time": "1", "slurm.stop_before_limit_s": 45})
+    h = submit(r, tmp_path / "run")
+    wait_phase(h.results_dir, {"benchmarking"})
+    with pytest.raises(RunError):
+        h.wait(timeout=60, poll_s=0.2)
+    st = json.loads((h.results_dir / "status.json").read_text())
+    assert st["fault"] == "time_limit" and "raise slurm.time" in st["diagnosis"]
+    # it stopped about 15 s into the job, not at Slurm's kill 60 s in
+    assert 10 <= st["fault_at"] - st["started"] <= 25
+    assert h.results()["partial"] is True and squeue_empty(cluster.env)

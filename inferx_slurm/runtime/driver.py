@@ -46,6 +46,7 @@ class Driver:
         self.node_watch: Optional[NodeWatch] = None
         self._cancel: Optional[str] = None
         self._client: Optional[subprocess.Popen] = None
+        self.stop_at: Optional[float] = None
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
@@ -72,7 +73,8 @@ class Driver:
     # --- the run -------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGUSR2 is submitit's warning that the time limit is near (--signal=USR2@90).
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
             signal.signal(sig, self._on_signal)
         try:
             self.status("starting")
@@ -84,6 +86,8 @@ class Driver:
             self._benchmark()
         except _FaultRaised as f:
             return self._fail(f.fault)
+        except Exception as e:  # a bug here must still leave a diagnosis and no steps behind
+            return self._fail(Fault("internal", None, f"driver error: {e!r}; see {self.dir}/submitit for the traceback."))
         finally:
             self._stop_client()
             stop_all(self.steps)
@@ -93,7 +97,8 @@ class Driver:
         return {"rows": self.rows}
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        self._cancel = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        self._cancel = f"{name} (the Slurm time limit is near: raise slurm.time)" if signum == signal.SIGUSR2 else name
 
     def _fail(self, fault: Fault) -> dict[str, Any]:
         self._stop_client()
@@ -113,6 +118,8 @@ class Driver:
             raise _FaultRaised(Fault("infra", None, f"allocation has {len(self.hosts)} nodes, plan needs {self.plan.total_nodes}"))
         self.hosts = self.hosts[: self.plan.total_nodes]
         self.addrs = nodes.node_addresses(self.hosts)
+        end = nodes.job_end_time(os.environ.get("SLURM_JOB_ID", ""))
+        self.stop_at = end - self.recipe.slurm.stop_before_limit_s if end else None
         self.node_watch = NodeWatch(self.hosts)
         nodes.write_nodes_env(str(self.dir / "nodes.env"), self.hosts, self.addrs)
         self.event("nodes", hosts=self.hosts)
@@ -190,6 +197,9 @@ class Driver:
     def _watch(self) -> None:
         if self._cancel:
             raise _FaultRaised(Fault("cancelled", None, f"run cancelled by {self._cancel}."))
+        if self.stop_at and time.time() >= self.stop_at:
+            raise _FaultRaised(Fault("time_limit", None, f"the job's time limit is {self.recipe.slurm.stop_before_limit_s:.0f} s away: "
+                                     f"stopped cleanly with partial results; raise slurm.time ({self.recipe.slurm.time}) or run fewer points."))
         fault = check_exits(self.steps)
         if fault is None and self.node_watch and time.time() - self._last_node_check > NODE_CHECK_S:
             self._last_node_check = time.time()

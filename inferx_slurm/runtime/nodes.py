@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from datetime import datetime
+from typing import Optional
 
 from ..fsutil import atomic_write
 
@@ -69,3 +71,15 @@ def node_states(hosts: list[str]) -> dict[str, str]:
 def is_dead(state: str) -> bool:
     s = state.upper()
     return "DOWN" in s or "NOT_RESPONDING" in s or "FAIL" in s
+
+
+def job_end_time(job_id: str) -> Optional[float]:
+    """When Slurm will end the job (EndTime, local time), or None if it has no limit."""
+    if not job_id:
+        return None
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=20).stdout
+    fields = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+    try:
+        return datetime.fromisoformat(fields["EndTime"]).timestamp()
+    except (KeyError, ValueError):
+        return None
