@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .engines import flags
 from .recipe import BenchmarkSpec, Recipe, Scenario
 
 AIPERF_EXPORT = "profile_export_aiperf.json"
@@ -43,13 +44,7 @@ def aiperf_argv(
     ]
     if b.warmup_requests:
         argv += ["--warmup-request-count", str(b.warmup_requests)]
-    for k, v in b.args.items():
-        if v is None or v is False:
-            continue
-        argv.append(f"--{k.lstrip('-')}")
-        if v is not True:
-            argv.append(str(v))
-    return argv
+    return argv + flags(b.args)
 
 
 def _stat(export: dict[str, Any], key: str, field: str = "avg") -> Optional[float]:

@@ -82,17 +82,21 @@ def startup_timeout(recipe: Recipe, role: str) -> float:
     return e.role(role).startup_timeout_s or e.startup_timeout_s or DEFAULT_STARTUP_TIMEOUT_S[e.backend]
 
 
-def flag_argv(args: list[EngineArg]) -> list[str]:
+def flags(values: dict[str, ArgValue]) -> list[str]:
+    """{flag: value} as argv: True is a bare flag, False/None leave it out, dicts and lists are JSON."""
     out: list[str] = []
-    for a in args:
-        v = a.value
+    for flag, v in values.items():
         if v is None or v is False:
             continue
-        out.append(f"--{a.flag}")
+        out.append(f"--{flag.lstrip('-')}")
         if v is True:
             continue
         out.append(json.dumps(v, separators=(",", ":")) if isinstance(v, (dict, list)) else str(v))
     return out
+
+
+def flag_argv(args: list[EngineArg]) -> list[str]:
+    return flags({a.flag: a.value for a in args})
 
 
 def merge_args(derived: dict[str, ArgValue], recipe: Recipe, role: str) -> list[EngineArg]:

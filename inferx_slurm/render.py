@@ -16,7 +16,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from .engines import LEADER_ADDR, INFRA_ADDR, NodeCommand, node_commands, startup_timeout
+from .engines import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags, node_commands, startup_timeout
 from .plan import Plan, WorkerPlacement, plan_recipe
 from .profiles import PROFILES
 from .recipe import ContainerRuntime, Discovery, Recipe
@@ -150,14 +150,8 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
 
 def frontend_argv(recipe: Recipe) -> list[str]:
     fe = recipe.frontend
-    argv = [recipe.engine.python, "-m", "dynamo.frontend", "--http-port", str(fe.http_port), "--router-mode", fe.router_mode]
-    for k, v in fe.args.items():
-        if v is None or v is False:
-            continue
-        argv.append(f"--{k.lstrip('-')}")
-        if v is not True:
-            argv.append(str(v))
-    return argv
+    return [recipe.engine.python, "-m", "dynamo.frontend", "--http-port", str(fe.http_port), "--router-mode", fe.router_mode,
+            *flags(fe.args)]
 
 
 def infra_body(recipe: Recipe) -> str:
