@@ -27,7 +27,9 @@ def sacct_steps(job_id, env):
 
 
 def test_1p1d_mocker_end_to_end(cluster, tmp_path):
-    recipe = local_recipe("mocker-1p1d.yaml")
+    # A 1 s stall bound: the client's start-up and its wrap-up after the last answer (seconds
+    # of exporting, no traffic) must not read as a stalled deployment.
+    recipe = local_recipe("mocker-1p1d.yaml", **{"benchmark.stall_timeout_s": 1})
     handle = submit(recipe, tmp_path / "run")
     summary = handle.wait(timeout=300)
     rows = summary["rows"]

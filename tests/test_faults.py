@@ -21,8 +21,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 BOUND_S = 10.0
 # A benchmark long enough that faults land while it runs.
+# Real-time mock engines (speedup 1): 400 requests of 512 tokens at concurrency 4 run for
+# minutes, so every fault lands mid-benchmark however fast the machine is.
 LONG = {"benchmark.concurrency": [4], "benchmark.min_requests": 400, "benchmark.scenarios": [{"isl": 128, "osl": 512}],
-        "benchmark.stall_timeout_s": 5}
+        "benchmark.stall_timeout_s": 5, "engine.args.speedup-ratio": 1}
 SLOW = str(REPO / "tests" / "data" / "slow_start.sh")
 
 

@@ -216,7 +216,7 @@ class Driver:
                 out.mkdir(parents=True, exist_ok=True)
                 argv = aiperf_argv(self.recipe, scen, conc, url=self.base_url, artifact_dir=str(out), tokenizer=tokenizer)
                 self.event("benchmark", scenario=scen.name, concurrency=conc)
-                self._run_client(argv, out)
+                self._run_client(argv, out, b.requests_for(conc) + b.warmup_requests)
                 export = out / AIPERF_EXPORT
                 if not export.exists():
                     raise _FaultRaised(Fault("client", None, f"benchmark client wrote no {AIPERF_EXPORT} for {scen.name} c{conc}; see {out}/client.log"))
@@ -228,27 +228,30 @@ class Driver:
                 self.rows.append(row)
                 self.write_summary(partial=True)
 
-    def _run_client(self, argv: list[str], out: Path) -> None:
+    def _run_client(self, argv: list[str], out: Path, expected: int) -> None:
+        """Run one benchmark point; `expected` requests (warm-up included) answer it in full."""
         env = {**os.environ, **self.recipe.env}
         with open(out / "client.log", "ab") as log:
             self._client = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out, start_new_session=True)
         b = self.recipe.benchmark
         started_at = time.time()
-        base_started = base_progress = None
+        base: Optional[tuple[float, float, float]] = None
         last_change, last_value = time.time(), None
         while self._client.poll() is None:
             self._watch()
             text = metrics.scrape(f"{self.base_url}/metrics")
             if text is not None:
-                started, progress = metrics.counter_total(text, metrics.STARTED_METRICS), metrics.counter_total(text)
-                if base_started is None:
-                    base_started, base_progress = started, progress
-                if progress != last_value:
-                    last_change, last_value = time.time(), progress
-                if started == base_started and progress == base_progress:
+                now = (metrics.counter_total(text, metrics.STARTED_METRICS), metrics.counter_total(text),
+                       metrics.counter_total(text, metrics.DONE_METRICS))
+                base = base or now
+                if now[1] != last_value:
+                    last_change, last_value = time.time(), now[1]
+                if now[0] == base[0] and now[1] == base[1]:
                     # The client is still starting (tokenizer, dataset): its own, longer bound.
                     if time.time() - started_at > b.client_startup_timeout_s:
                         raise _FaultRaised(Fault("stalled", None, f"benchmark client sent no request within {b.client_startup_timeout_s:.0f} s; see {out}/client.log"))
+                elif now[2] - base[2] >= expected:
+                    pass  # every request is answered; the client is writing its exports
                 elif time.time() - last_change > b.stall_timeout_s:
                     raise _FaultRaised(Fault("stalled", self._suspect(), f"benchmark made no progress for {b.stall_timeout_s:.0f} s (frontend token and request counters unchanged)."))
             time.sleep(POLL_S)

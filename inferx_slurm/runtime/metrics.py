@@ -10,6 +10,8 @@ from typing import Optional
 PROGRESS_METRICS = ("dynamo_frontend_output_tokens_total", "dynamo_frontend_requests_total")
 # Requests the frontend accepted: tells a client still starting up from a stuck engine.
 STARTED_METRICS = ("dynamo_frontend_requests_started_total",)
+# Requests answered in full.
+DONE_METRICS = ("dynamo_frontend_requests_total",)
 
 
 def scrape(url: str, timeout: float = 2.0) -> Optional[str]:

@@ -78,8 +78,13 @@ def job_end_time(job_id: str) -> Optional[float]:
     if not job_id:
         return None
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=20).stdout
-    fields = dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
-    try:
-        return datetime.fromisoformat(fields["EndTime"]).timestamp()
-    except (KeyError, ValueError):
-        return None
+    # For the first task of an array its job id is the array's id, and scontrol prints every
+    # task of the array: pick this job's own line.
+    for line in out.splitlines():
+        fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        if fields.get("JobId") == job_id:
+            try:
+                return datetime.fromisoformat(fields["EndTime"]).timestamp()
+            except (KeyError, ValueError):
+                return None
+    return None
