@@ -5,10 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import InferxError
 from ..results import compare, format_table, load_summary, served_line
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pareto:
+        from ..fsutil import atomic_write
+        from ..pareto import pareto_svg, series_label
+
+        series = [(series_label(s := load_summary(d), d), s.get("rows", [])) for d in [args.dir, *args.more]]
+        try:
+            atomic_write(args.pareto, pareto_svg(series))
+        except ValueError as e:
+            raise InferxError(str(e)) from None
+        print(f"wrote {args.pareto} ({len(series)} runs)")
+        return 0
+    if args.more:
+        raise InferxError("several results dirs only go with --pareto")
     summary = load_summary(args.dir)
     if args.compare:
         base = load_summary(args.compare)
@@ -28,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="print the results table of a run", description="Print summary.json of a results dir as a table.")
     p.add_argument("dir", metavar="DIR", help="results dir (or its summary.json)")
+    p.add_argument("more", nargs="*", metavar="DIR", help="more results dirs (with --pareto)")
     p.add_argument("--json", action="store_true", help="print summary.json as is")
+    p.add_argument("--pareto", metavar="SVG", help="write throughput/GPU vs interactivity of every run, with the frontier, as SVG")
     p.add_argument("--compare", metavar="BASE", help="print the change against another run's results dir, per point, in %%")
     p.set_defaults(func=run)
