@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -199,6 +200,9 @@ def submit_many(
     env = env or {}
     for recipe, _ in deployments:
         check_feasible(recipe)
+    if not shutil.which("sbatch", path={**os.environ, **env}.get("PATH")):
+        raise SubmitError("sbatch not found: run on a Slurm login node, submit with --remote USER@LOGIN, "
+                          "or start the local cluster (inferx-slurm local-cluster up)")
     prepared = []
     for recipe, results_dir in deployments:
         recipe = stage_model_for(recipe)

@@ -87,3 +87,12 @@ def test_cli_launch_dry_run_and_bad_recipe(tmp_path):
     out = subprocess.run([sys.executable, "-m", "inferx_slurm", "launch", str(bad), "--dry-run"], capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "engine.backend" in out.stderr and "'vllm', 'sglang', 'trtllm' or 'mocker'" in out.stderr
+
+
+def test_no_slurm_here_is_a_clear_error(tmp_path):
+    r = tmp_path / "r.yaml"
+    r.write_text("name: n\nmodel: {path: m}\ntopology: 1P1D TP1\n")
+    out = subprocess.run([sys.executable, "-m", "inferx_slurm", "launch", str(r), "--results-dir", str(tmp_path / "res")],
+                         capture_output=True, text=True, env={**os.environ, "PATH": str(tmp_path)})
+    assert out.returncode == 1 and "sbatch not found" in out.stderr and "--remote" in out.stderr
+    assert not (tmp_path / "res").exists()
