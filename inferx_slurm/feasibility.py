@@ -90,6 +90,11 @@ def _min_gpus(weights_gb: float, usable_gb: float) -> int:
     return n
 
 
+def weights_gb(recipe: Recipe) -> Optional[float]:
+    """The checkpoint size: the recipe's figure, else measured from a local checkpoint dir."""
+    return recipe.model.weights_gb or local_weights_gb(recipe.model.path)
+
+
 def local_weights_gb(path: str | Path) -> Optional[float]:
     """Size of the weight files under a local checkpoint dir (None when it is no local dir)."""
     root = Path(path)

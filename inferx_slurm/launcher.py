@@ -20,6 +20,7 @@ from .benchmark import aiperf_argv, point_dir
 from .errors import InferxError, SubmitError
 from .executor import executor_params, sbatch_script
 from .fsutil import atomic_write, atomic_write_json, read_json
+from .locks import say, wait_notice
 from .plan import Plan, format_plan, plan_recipe
 from .recipe import ContainerRuntime, Recipe
 from .render import RenderedJob, render, shell_join, srun_argv
@@ -259,10 +260,9 @@ def _environ(env: dict[str, str]) -> Iterator[None]:
 
 def check_feasible(recipe: Recipe) -> list:
     """Refuse, before staging or submitting anything, a topology whose workers cannot hold the weights."""
-    from .feasibility import local_weights_gb, require_fit
+    from .feasibility import require_fit, weights_gb
 
-    weights = recipe.model.weights_gb or local_weights_gb(recipe.model.path)
-    return require_fit(recipe, plan_recipe(recipe), weights)
+    return require_fit(recipe, plan_recipe(recipe), weights_gb(recipe))
 
 
 # Images and models are made ready once, under a lock, before the allocation starts burning
@@ -275,7 +275,7 @@ def stage_model_for(recipe: Recipe) -> Recipe:
         return recipe
     from .staging import serving_env, stage_model
 
-    res = stage_model(recipe.model.path, Path(recipe.model.stage_dir), log=lambda line: print(line, file=sys.stderr))
+    res = stage_model(recipe.model.path, Path(recipe.model.stage_dir), log=say, on_wait=wait_notice("another stager"))
     env = {**serving_env(res.path), **recipe.env}
     return recipe.with_overrides({"model.path": str(res.path), "env": env})
 
@@ -286,7 +286,7 @@ def import_image_for(recipe: Recipe, results_dir: Path) -> None:
     from .images import import_image
 
     dest = Path(recipe.container.image_dir or results_dir.parent / "images")
-    res = import_image(recipe.container.image, dest, log=lambda line: print(line, file=sys.stderr))
+    res = import_image(recipe.container.image, dest, log=say, on_wait=wait_notice("another import"))
     atomic_write_json(results_dir / "image.json", {"uri": recipe.container.image, "path": str(res.path)})
 
 

@@ -168,7 +168,7 @@ def infra_body(recipe: Recipe) -> str:
 
     def line(argv: list[str]) -> str:
         # $state and $INFRA_ADDR are the script's own variables; keep them expandable.
-        return " ".join(a if "$" not in a else f'"{a}"' for a in (shlex.quote(x) if "$" not in x else x for x in argv))
+        return " ".join(f'"{a}"' if "$" in a else shlex.quote(a) for a in argv)
 
     return "\n".join(
         [

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from ..errors import InferxError
 from ..images import IMPORT_TIMEOUT_S, import_image
-from ..locks import Holder
+from ..locks import say, wait_notice
 from .argtypes import seconds
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _waiting(holder: Holder | None) -> None:
-    _say(f"waiting for {holder.describe() if holder else 'another import'} to finish")
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -29,8 +20,8 @@ def run_import(args: argparse.Namespace) -> int:
             Path(dest),
             timeout_s=args.timeout if args.timeout is not None else IMPORT_TIMEOUT_S,
             enroot=args.enroot,
-            on_wait=_waiting,
-            log=None if args.quiet else _say,
+            on_wait=wait_notice("another import"),
+            log=None if args.quiet else say,
         )
     except OSError as exc:
         raise InferxError(f"importing {args.uri} into {dest} failed: {exc}") from None
@@ -38,7 +29,7 @@ def run_import(args: argparse.Namespace) -> int:
         print(res.model_dump_json())
     else:
         what = f"imported in {res.seconds:.1f}s" if res.imported else "already imported"
-        _say(f"{res.uri}: {what}")
+        say(f"{res.uri}: {what}")
         print(res.path)
     return 0
 

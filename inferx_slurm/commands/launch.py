@@ -17,15 +17,16 @@ from .remote import add_remote_args, remote_from_args
 def run(args: argparse.Namespace) -> int:
     recipe = Recipe.load(args.recipe)
     deployments = expand(recipe)
-    if args.remote:
+    if args.remote or args.dry_run:
+        # Every deployment of a sweep, before anything leaves this machine; a real submit
+        # gets the same check inside submit_many.
         for d in deployments:
             check_feasible(d.recipe)
+    if args.remote:
         passthrough = [*(["--dry-run"] if args.dry_run else []), *(["--wait"] if args.wait else []),
                        *(["--results-dir", args.results_dir] if args.results_dir else [])]
         return remote_from_args(args).launch(recipe, passthrough)
     root = Path(args.results_dir) if args.results_dir else None
-    for d in deployments:
-        check_feasible(d.recipe)  # every deployment of a sweep, before the first is submitted
     if args.dry_run:
         for d in deployments:
             target = (root if root and len(deployments) == 1 else (root or Path("results")) / d.name)

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from ..errors import InferxError
-from ..locks import Holder
+from ..locks import say, wait_notice
 from ..staging import STAGE_TIMEOUT_S, StageSourceError, stage_model
 from .argtypes import positive_int, seconds
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _waiting(holder: Holder | None) -> None:
-    _say(f"waiting for {holder.describe() if holder else 'another stager'} to finish")
 
 
 def run_stage(args: argparse.Namespace) -> int:
@@ -33,8 +24,8 @@ def run_stage(args: argparse.Namespace) -> int:
             checksum=args.checksum,
             timeout_s=args.timeout if args.timeout is not None else STAGE_TIMEOUT_S,
             name=args.name,
-            on_wait=_waiting,
-            log=None if args.quiet else _say,
+            on_wait=wait_notice("another stager"),
+            log=None if args.quiet else say,
         )
     except OSError as exc:
         raise InferxError(f"staging {args.src} into {dest} failed: {exc}") from None
@@ -42,10 +33,10 @@ def run_stage(args: argparse.Namespace) -> int:
         print(res.model_dump_json())
     else:
         if res.reused:
-            _say(f"{res.source}: already staged")
+            say(f"{res.source}: already staged")
         else:
             rate = res.bytes_copied / res.seconds / 1e6 if res.seconds > 0 else 0.0
-            _say(
+            say(
                 f"{res.source}: {res.files_copied} files copied ({res.bytes_copied / 1e9:.2f} GB, "
                 f"{rate:.0f} MB/s), {res.files_skipped} already there"
             )

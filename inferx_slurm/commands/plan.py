@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fit_lines(recipe: Recipe) -> list[str]:
-    from ..feasibility import check, local_weights_gb
+    from ..feasibility import check, weights_gb
 
-    weights = recipe.model.weights_gb or local_weights_gb(recipe.model.path)
+    weights = weights_gb(recipe)
     if weights is None:
         return []
     return ["feasibility: " + f.describe() for f in check(recipe, plan_recipe(recipe), weights)]

@@ -125,12 +125,13 @@ class Driver:
         self.event("nodes", hosts=self.hosts)
 
     def _launch(self, kind: str) -> None:
+        image = self._image()
         for st in self.job.steps:
             if st.kind != kind:
                 continue
             host = self.hosts[st.node]
             rs = RunningStep(
-                step=st, host=host, argv=srun_argv(self.recipe, st, host, str(self.dir), self._image()),
+                step=st, host=host, argv=srun_argv(self.recipe, st, host, str(self.dir), image),
                 log=self.dir / "logs" / f"{st.name}.log",
             )
             rs.start(self.job.env)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from typing import Optional
+
+from .readiness import http_get
 
 # Counters that only grow while requests make progress.
 PROGRESS_METRICS = ("dynamo_frontend_output_tokens_total", "dynamo_frontend_requests_total")
@@ -15,11 +15,8 @@ DONE_METRICS = ("dynamo_frontend_requests_total",)
 
 
 def scrape(url: str, timeout: float = 2.0) -> Optional[str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError):
-        return None
+    got = http_get(url, timeout)
+    return got[1].decode(errors="replace") if got and got[0] == 200 else None
 
 
 def counter_total(text: str, names: tuple[str, ...] = PROGRESS_METRICS) -> float:

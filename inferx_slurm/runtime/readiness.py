@@ -9,11 +9,24 @@ import urllib.request
 from typing import Any, Optional
 
 
-def http_json(url: str, timeout: float = 2.0) -> Optional[Any]:
+def http_get(url: str, timeout: float = 2.0) -> Optional[tuple[int, bytes]]:
+    """(status, body) of a GET, error statuses included; None when nothing answered."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            return json.loads(r.read().decode() or "null")
-    except (urllib.error.URLError, OSError, ValueError):
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read() or b""
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def http_json(url: str, timeout: float = 2.0) -> Optional[Any]:
+    got = http_get(url, timeout)
+    if got is None or got[0] != 200:
+        return None
+    try:
+        return json.loads(got[1].decode() or "null")
+    except ValueError:
         return None
 
 
@@ -31,18 +44,14 @@ def accepted_workers(base_url: str, model: str) -> Optional[dict[str, int]]:
     incompatible model card) and ones killed up to a discovery lease ago. None when the
     frontend has no such endpoint (older Dynamo).
     """
-    url = f"{base_url}/v1/models/{model}/ready"
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as r:
-            body = r.read()
-    except urllib.error.HTTPError as e:
-        # 503: not every worker type is live yet (the body still counts them); 404 with
-        # "Model not found": no worker yet; any other 404: no such endpoint.
-        body = e.read() or b""
-        if e.code == 404:
-            return {"prefill": 0, "decode": 0} if b"Model not found" in body else None
-    except (urllib.error.URLError, OSError):
+    got = http_get(f"{base_url}/v1/models/{model}/ready")
+    if got is None:
         return {"prefill": 0, "decode": 0}
+    code, body = got
+    # 503: not every worker type is live yet (the body still counts them); 404 with
+    # "Model not found": no worker yet; any other 404: no such endpoint.
+    if code == 404:
+        return {"prefill": 0, "decode": 0} if b"Model not found" in body else None
     try:
         doc = json.loads(body.decode() or "null")
     except ValueError:
