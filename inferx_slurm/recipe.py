@@ -37,6 +37,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+WeightFormat = Literal["bf16", "fp16", "fp32", "fp8", "int8", "mxfp8", "mxfp4", "nvfp4", "int4"]
+
+
+class ModelMemory(_Strict):
+    """The checkpoint's bytes by kind, as stored, for planning without a local copy.
+
+    A local checkpoint dir is read instead (config.json and safetensors headers). Each size is
+    what the files hold (scales included); the planner converts to what a GPU holds from
+    `format` and the profile's native formats.
+    """
+
+    expert_gb: float = Field(ge=0, description="routed MoE experts: sharded over all GPUs of a worker (EP, or TP without EP)")
+    dense_gb: float = Field(
+        ge=0, description="attention, shared experts, dense MLPs, norms, routers: sharded over TP, replicated on every DP rank"
+    )
+    embed_gb: float = Field(0, ge=0, description="input embeddings + LM head: sharded over TP, replicated on every DP rank")
+    format: WeightFormat = Field(description="storage format of the expert and dense weights (e.g. mxfp8, fp8, nvfp4, bf16)")
+    embed_format: WeightFormat = Field("bf16", description="storage format of the embeddings and LM head")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the model's config.json, or the fields the KV cache needs: num_hidden_layers, hidden_size, "
+        "num_attention_heads, num_key_value_heads, head_dim, vocab_size (MLA: kv_lora_rank, qk_rope_head_dim; "
+        "sliding window: sliding_window, layer_types); without it only the weights are checked",
+    )
+
+
 class ModelSpec(_Strict):
     path: str = Field(description="local checkpoint dir, HF cache snapshot, or HF repo id (org/name)")
     served_name: Optional[str] = Field(None, description="name clients request; defaults to the path's last part")
@@ -44,7 +70,11 @@ class ModelSpec(_Strict):
         None, description="shared dir to stage the checkpoint into once, under a lock, before serving offline"
     )
     weights_gb: Optional[float] = Field(
-        None, gt=0, description="checkpoint size in GB, for the feasibility check; measured from a local path if unset"
+        None, gt=0, description="checkpoint size in GB, when neither a local checkpoint nor model.memory says more: "
+        "the memory check then spreads it over each worker's GPUs (a lower bound)"
+    )
+    memory: Optional[ModelMemory] = Field(
+        None, description="where the checkpoint's bytes are, for the memory planner when the checkpoint is not local"
     )
 
     @property

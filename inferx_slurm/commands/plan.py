@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..errors import RecipeError
+from ..feasibility import format_memory
 from ..plan import format_plan, plan_recipe, plan_topology
 from ..recipe import Recipe
 from ..sweep import expand
@@ -29,27 +31,31 @@ def run(args: argparse.Namespace) -> int:
         raise RecipeError("--gpus-per-node", args.gpus_per_node, "expected a whole number >= 1")
     recipe, topo = load_spec(args.spec, args.gpus_per_node)
     if recipe is None:
-        plans = [(str(topo), plan_topology(topo, args.gpus_per_node or 4))]
+        plans = [(str(topo), plan_topology(topo, args.gpus_per_node or 4), None)]
     else:
-        plans = [(d.name, plan_recipe(d.recipe)) for d in expand(recipe)]
+        from ..feasibility import footprint, plan_memory
+
+        deployments = expand(recipe)
+        fp = footprint(deployments[0].recipe)  # one model for every deployment: read its headers once
+        plans = [(d.name, plan_recipe(d.recipe), plan_memory(d.recipe, fp)) for d in deployments]
     if args.json:
-        docs = [p.model_dump(mode="json") for _, p in plans]
+        docs = [{**p.model_dump(mode="json"), **({"memory": m.model_dump(mode="json")} if m else {})} for _, p, m in plans]
         print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
     else:
-        print("\n\n".join(format_plan(p, title=name) for name, p in plans))
-        if recipe is not None:
-            for line in _fit_lines(expand(recipe)[0].recipe):
-                print(line)
+        blocks = []
+        for name, p, m in plans:
+            blocks.append(format_plan(p, title=name) + (f"\n\n{format_memory(m)}" if m else ""))
+        print("\n\n".join(blocks))
+        for _, _, m in plans:
+            for w in m.warnings if m else []:
+                print(f"warning: {w}", file=sys.stderr)
+    errors = [e for _, _, m in plans if m for e in m.errors]
+    if len(errors) == 1:
+        field, msg = errors[0].split(": ", 1)
+        raise RecipeError(field, str(plans[0][1].topology) if len(plans) == 1 else args.spec, msg)
+    if errors:
+        raise RecipeError("topology", args.spec, "", problems=list(dict.fromkeys(errors)))
     return 0
-
-
-def _fit_lines(recipe: Recipe) -> list[str]:
-    from ..feasibility import check, weights_gb
-
-    weights = weights_gb(recipe)
-    if weights is None:
-        return []
-    return ["feasibility: " + f.describe() for f in check(recipe, plan_recipe(recipe), weights)]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
