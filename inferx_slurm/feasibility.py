@@ -284,6 +284,16 @@ def require_fit(recipe: Recipe, *, force: bool = False, mp: Optional[MemoryPlan]
     return mp
 
 
+def raise_errors(errors: list[str], value: str) -> None:
+    """Raise the no-KV-room errors of one or more plans as one RecipeError (exit 2)."""
+    errors = list(dict.fromkeys(errors))
+    if len(errors) == 1:
+        field, msg = errors[0].split(": ", 1)
+        raise RecipeError(field, value, msg)
+    if errors:
+        raise RecipeError("topology", value, "", problems=errors)
+
+
 def format_memory(mp: MemoryPlan) -> str:
     """The per-role table `plan` prints."""
     kinds = ", ".join(f"{k} {v:.1f} GB {'/'.join(mp.formats.get(k, []))}".rstrip() for k, v in mp.stored_gb.items())

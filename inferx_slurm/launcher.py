@@ -181,13 +181,18 @@ class RunError(InferxError):
         self.handle = handle
 
 
-def submit(recipe: Recipe, results_dir: Optional[Path] = None, *, env: Optional[dict[str, str]] = None) -> JobHandle:
-    """Prepare the job dir and submit the deployment. Returns at once with a handle."""
-    return submit_many([(recipe, results_dir or default_results_dir(recipe))], env=env)[0]
+def submit(recipe: Recipe, results_dir: Optional[Path] = None, *, env: Optional[dict[str, str]] = None,
+           force: bool = False) -> JobHandle:
+    """Prepare the job dir and submit the deployment. Returns at once with a handle.
+
+    `force` submits benchmark points beyond a role's KV capacity (they queue or preempt).
+    """
+    return submit_many([(recipe, results_dir or default_results_dir(recipe))], env=env, force=force)[0]
 
 
 def submit_many(
-    deployments: list[tuple[Recipe, Path]], *, env: Optional[dict[str, str]] = None, array_name: Optional[str] = None
+    deployments: list[tuple[Recipe, Path]], *, env: Optional[dict[str, str]] = None, array_name: Optional[str] = None,
+    force: bool = False,
 ) -> list[JobHandle]:
     """Submit several deployments; those that need the same allocation go as one Slurm job array.
 
@@ -200,7 +205,7 @@ def submit_many(
 
     env = env or {}
     for recipe, _ in deployments:
-        check_feasible(recipe)
+        check_feasible(recipe, force=force)
     if not shutil.which("sbatch", path={**os.environ, **env}.get("PATH")):
         raise SubmitError("sbatch not found: run on a Slurm login node, submit with --remote USER@LOGIN, "
                           "or start the local cluster (inferx-slurm local-cluster up)")
@@ -258,11 +263,12 @@ def _environ(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def check_feasible(recipe: Recipe) -> list:
-    """Refuse, before staging or submitting anything, a topology whose workers cannot hold the weights."""
-    from .feasibility import require_fit, weights_gb
+def check_feasible(recipe: Recipe, *, force: bool = False) -> Any:
+    """Refuse, before staging or submitting anything, a role with no KV room, and unless forced
+    a benchmark point beyond a role's KV capacity."""
+    from .feasibility import require_fit
 
-    return require_fit(recipe, plan_recipe(recipe), weights_gb(recipe))
+    return require_fit(recipe, force=force)
 
 
 # Images and models are made ready once, under a lock, before the allocation starts burning

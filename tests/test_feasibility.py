@@ -4,41 +4,45 @@ import sys
 import pytest
 
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.feasibility import check, local_weights_gb, require_fit
-from inferx_slurm.plan import plan_recipe
+from inferx_slurm.feasibility import local_weights_gb, memory_plan, require_fit
 from inferx_slurm.recipe import Recipe
 
+# Only the checkpoint size is known (model.weights_gb): weights spread over each worker's GPUs,
+# a lower bound, fitting when they leave 10% of the engine's budget.
 
-def recipe(topology, profile="gb200-nvl72", **engine):
-    return Recipe.from_dict({"name": "f", "profile": profile, "model": {"path": "org/m"}, "topology": topology,
-                             "engine": engine or {}})
+
+def recipe(topology, weights_gb, profile="gb200-nvl72", **engine):
+    return Recipe.from_dict({"name": "f", "profile": profile, "model": {"path": "org/m", "weights_gb": weights_gb},
+                             "topology": topology, "engine": engine or {}})
+
+
+def check(r):
+    mp = memory_plan(r)
+    return mp.roles if mp else []
 
 
 def test_444gb_checkpoint_needs_four_gb200_gpus_per_worker():
-    r = recipe("1P1D TP4->TEP8")
-    fits = check(r, plan_recipe(r), 444)
-    assert [(f.role, round(f.weights_per_gpu_gb, 1), f.fits) for f in fits] == [("prefill", 111.0, True), ("decode", 55.5, True)]
-    bad = recipe("1P1D TP2->TEP8")
+    fits = check(recipe("1P1D TP4->TEP8", 444))
+    assert [(f.role, round(f.weights_gb, 1), f.verdict) for f in fits] == [("prefill", 111.0, "fits"), ("decode", 55.5, "fits")]
     with pytest.raises(RecipeError) as e:
-        require_fit(bad, plan_recipe(bad), 444)
+        require_fit(recipe("1P1D TP2->TEP8", 444))
     assert str(e.value).startswith("topology.prefill:") and "at least 4 GPUs per prefill worker" in str(e.value)
 
 
 def test_both_roles_reported_and_utilization_respected():
-    r = recipe("1P1D TP1->TP1", profile="h100")
     with pytest.raises(RecipeError) as e:
-        require_fit(r, plan_recipe(r), 100)
+        require_fit(recipe("1P1D TP1->TP1", 100, profile="h100"))
     assert "topology.prefill" in str(e.value) and "topology.decode" in str(e.value)
-    # 70 GB on an 80 GB H100 fits at 0.95 utilization (76 GB usable, 7.6 GB left for KV) but not at 0.9
-    tight = recipe("1P1D TP1", profile="h100", args={"gpu-memory-utilization": 0.95})
-    assert all(f.fits for f in check(tight, plan_recipe(tight), 68))
-    assert not any(f.fits for f in check(recipe("1P1D TP1", profile="h100"), plan_recipe(recipe("1P1D TP1", profile="h100")), 68))
+    # 68 GB on an 80 GB H100 fits at 0.95 utilization (76 GB budget, 7.6 GB left for KV) but not at 0.9
+    tight = recipe("1P1D TP1", 68, profile="h100", args={"gpu-memory-utilization": 0.95})
+    assert all(f.verdict == "fits" for f in check(tight))
+    assert not any(f.verdict == "fits" for f in check(recipe("1P1D TP1", 68, profile="h100")))
 
 
 def test_unknown_memory_or_size_checks_nothing():
-    r = recipe("1P1D TP1", profile="generic")
-    assert check(r, plan_recipe(r), 10_000) == []
-    assert require_fit(recipe("1P1D TP1"), plan_recipe(recipe("1P1D TP1")), None) == []
+    assert check(recipe("1P1D TP1", 10_000, profile="generic")) == []
+    unknown = Recipe.from_dict({"name": "f", "profile": "h100", "model": {"path": "org/m"}, "topology": "1P1D TP1"})
+    assert require_fit(unknown) is None
 
 
 def test_measures_local_checkpoint(tmp_path):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import RecipeError
-from ..feasibility import format_memory
+from ..feasibility import format_memory, raise_errors
 from ..plan import format_plan, plan_recipe, plan_topology
 from ..recipe import Recipe
 from ..sweep import expand
@@ -49,12 +49,7 @@ def run(args: argparse.Namespace) -> int:
         for _, _, m in plans:
             for w in m.warnings if m else []:
                 print(f"warning: {w}", file=sys.stderr)
-    errors = [e for _, _, m in plans if m for e in m.errors]
-    if len(errors) == 1:
-        field, msg = errors[0].split(": ", 1)
-        raise RecipeError(field, str(plans[0][1].topology) if len(plans) == 1 else args.spec, msg)
-    if errors:
-        raise RecipeError("topology", args.spec, "", problems=list(dict.fromkeys(errors)))
+    raise_errors([e for _, _, m in plans if m for e in m.errors], str(plans[0][1].topology) if len(plans) == 1 else args.spec)
     return 0
 
 
