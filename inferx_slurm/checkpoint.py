@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Any, Optional
-
-from pydantic import BaseModel, ConfigDict
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional
 
 from .errors import RecipeError
 
@@ -22,19 +21,17 @@ INDEX_NAME = "model.safetensors.index.json"
 MAX_HEADER_BYTES = 100_000_000
 
 
-class TensorInfo(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class TensorInfo(NamedTuple):
+    # A plain tuple: a large MoE checkpoint names tens of thousands of tensors.
     name: str
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
 
 
-class Checkpoint(BaseModel):
+@dataclass(frozen=True)
+class Checkpoint:
     """What the planner needs from a checkpoint dir: its config and every tensor's dtype and shape."""
-
-    model_config = ConfigDict(frozen=True)
 
     path: str
     config: dict[str, Any]
@@ -83,7 +80,7 @@ def read_header(shard: Path) -> list[TensorInfo]:
             continue
         try:
             begin, end = meta["data_offsets"]
-            out.append(TensorInfo(name=name, dtype=str(meta["dtype"]).upper(), shape=tuple(meta["shape"]), nbytes=int(end) - int(begin)))
+            out.append(TensorInfo(name, str(meta["dtype"]).upper(), tuple(meta["shape"]), int(end) - int(begin)))
         except (KeyError, TypeError, ValueError):
             raise RecipeError("model.path", str(shard), f"has a malformed header entry for tensor {name!r}") from None
     return out

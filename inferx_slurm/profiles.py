@@ -18,10 +18,10 @@ class Profile(BaseModel):
     description: str
     gpus_per_node: int
     gpu_memory_gb: Optional[float] = Field(None, description="memory of one GPU, for the memory planner")
-    native_formats: frozenset[str] = Field(
-        frozenset({"bf16", "fp16", "fp32"}),
+    native_formats: Optional[frozenset[str]] = Field(
+        None,
         description="weight formats whose GEMMs run natively (held as stored); any other quantized format is held "
-        "dequantized to BF16, except experts in moe_weight_only_formats",
+        "dequantized to BF16, except experts in moe_weight_only_formats. None: unknown, every format held as stored",
     )
     moe_weight_only_formats: frozenset[str] = Field(
         frozenset(),

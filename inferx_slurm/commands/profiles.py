@@ -11,6 +11,10 @@ def run(args: argparse.Namespace) -> int:
     for p in PROFILES.values():
         print(f"{p.name:<12} {p.gpus_per_node} GPUs/node  {p.description}")
         if args.verbose:
+            if p.gpu_memory_gb:
+                native = ", ".join(sorted(p.native_formats)) if p.native_formats is not None else "all (held as stored)"
+                weight_only = f"; MoE weight-only: {', '.join(sorted(p.moe_weight_only_formats))}" if p.moe_weight_only_formats else ""
+                print(f"{'':14}{p.gpu_memory_gb:g} GB a GPU; native formats: {native}{weight_only}")
             for k, v in p.env.items():
                 print(f"{'':14}{k}={v}")
     return 0
