@@ -156,3 +156,15 @@ def test_block_size_rejected_naming_the_field(tmp_path, section, value):
     rc, err = dry_run(mutate(raw, section + ("block-size",), value), tmp_path)
     assert rc == 2
     assert f"{'.'.join(section)}: block-size: got {value!r}; expected a whole number >= 1" in err, err
+
+
+def test_missing_optional_dependency_is_one_line_saying_what_to_install(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # what an interpreter without it finds
+    state = tmp_path / "cluster"
+    rc = main(["local-cluster", "up", "--state-dir", str(state)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err == "inferx-slurm local-cluster: the local cluster's tiny model needs the 'tokenizers' package: pip install 'inferx-slurm[local]'\n"
+    assert not state.exists(), "nothing is started or written before the check"
