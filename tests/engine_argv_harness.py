@@ -119,15 +119,49 @@ def parse_sglang(argv: list[str]) -> None:
 
     from sglang.srt.server_args import ServerArgs
 
+    # What sglang.launch_server builds. ServerArgs.from_cli_args would go on to read the
+    # checkpoint's config, which is not on this machine; the parser has checked every flag.
     parser = argparse.ArgumentParser(prog="sglang.launch_server")
     ServerArgs.add_cli_args(parser)
     parser.parse_args(argv)
+
+
+class _ReachedModel(Exception):
+    """Dynamo's SGLang parser accepted everything and asked for the checkpoint."""
+
+
+def parse_dynamo_sglang(argv: list[str]) -> None:
+    import asyncio
+
+    import dynamo.sglang.args as dsa
+
+    async def stop(*_a, **_k):
+        raise _ReachedModel
+
+    # parse_args runs Dynamo's parser, SGLang's parser and Dynamo's cross-checks, then fetches
+    # the model and builds ServerArgs from its config; stop there (no checkpoint, no network).
+    dsa.fetch_model = stop
+    real = dsa.ServerArgs
+
+    class _Stop(real):  # type: ignore[misc, valid-type]
+        @classmethod
+        def from_cli_args(cls, *_a, **_k):
+            raise _ReachedModel
+
+    dsa.ServerArgs = _Stop
+    try:
+        asyncio.run(dsa.parse_args(argv))
+    except _ReachedModel:
+        pass
+    finally:
+        dsa.ServerArgs = real
 
 
 PARSERS = {
     "dynamo.vllm": parse_dynamo_vllm,
     "vllm serve": parse_vllm_serve,
     "sglang": parse_sglang,
+    "dynamo.sglang": parse_dynamo_sglang,
 }
 
 

@@ -127,8 +127,15 @@ class MissingEngineVenv(RuntimeError):
     pass
 
 
+class EngineUnavailable(RuntimeError):
+    """The installer tried and recorded why this engine does not install on this machine."""
+
+
 def venv_python(parser: str) -> Path:
     py = Path(VENVS[parser]) / "bin" / "python"
+    why = Path(VENVS[parser]) / "NOT_INSTALLED"
+    if why.exists():
+        raise EngineUnavailable(f"{parser}: {why.read_text().strip()}")
     if not py.exists():
         raise MissingEngineVenv(
             f"no {parser} parser: {py} is missing; install it with `bash setup_scripts/install_engines.sh` "
@@ -141,7 +148,10 @@ def parse_all(cmds: list[EngineCommand], timeout: float = 900) -> list[EngineCom
     """Fill each command's `result` from its engine's parser: one process per environment."""
     by_py: dict[Path, list[EngineCommand]] = {}
     for c in cmds:
-        by_py.setdefault(venv_python(c.parser), []).append(c)
+        try:
+            by_py.setdefault(venv_python(c.parser), []).append(c)
+        except EngineUnavailable as e:
+            c.result = {"ok": False, "unavailable": str(e), "error": ""}
     for py, group in by_py.items():
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "results.json"
@@ -160,7 +170,7 @@ def failure_lines(cmds: list[EngineCommand]) -> list[str]:
         f"{c.recipe} ({c.deployment}, {c.script}): {c.parser} rejected it: {c.result.get('error') or 'no result'}\n"
         f"    argv: {shlex.join(c.argv)}"
         for c in cmds
-        if not c.result.get("ok")
+        if not c.result.get("ok") and not c.result.get("unavailable")
     ]
 
 
@@ -173,7 +183,8 @@ def table(cmds: list[EngineCommand]) -> str:
         if key in seen:
             continue
         seen.add(key)
-        verdict = "accepted" if c.result.get("ok") else f"REJECTED: {c.result.get('error', '')}"
+        verdict = ("accepted" if c.result.get("ok") else f"not checked: {c.result['unavailable']}" if c.result.get("unavailable")
+                   else f"REJECTED: {c.result.get('error', '')}")
         rows.append(f"| {c.recipe} | {c.parser} | {verdict} | {flags} |")
     head = "| recipe | parser | verdict | flags |\n|---|---|---|---|"
     return "\n".join([head, *rows])

@@ -42,6 +42,7 @@ def _backend(path: Path) -> str:
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
 def test_engine_parser_accepts_every_rendered_command(parsed, recipe):
     cmds = parsed[str(recipe.relative_to(REPO))]
+    _skip_unavailable(cmds)
     if _backend(recipe) in ENGINE_BACKENDS:
         assert cmds, f"{recipe}: a {_backend(recipe)} recipe rendered no engine command to check"
     assert all(c.result for c in cmds), "a command got no result from its parser"
@@ -49,10 +50,16 @@ def test_engine_parser_accepts_every_rendered_command(parsed, recipe):
     assert not bad, "\n".join(bad)
 
 
+def _skip_unavailable(cmds: list[EngineCommand]) -> None:
+    gone = sorted({c.result["unavailable"] for c in cmds if c.result.get("unavailable")})
+    if gone:
+        pytest.skip("; ".join(gone))
+
+
 def test_every_engine_recipe_is_checked(parsed):
     engine_recipes = [p for p in RECIPES if _backend(p) in ENGINE_BACKENDS]
     assert engine_recipes, "no engine recipe under recipes/"
-    checked = {c.recipe for group in parsed.values() for c in group if c.result.get("ok")}
+    checked = {c.recipe for group in parsed.values() for c in group if c.result.get("ok") or c.result.get("unavailable")}
     assert {str(p.relative_to(REPO)) for p in engine_recipes} <= checked
 
 
@@ -63,6 +70,12 @@ REJECTED = {
     "out-of-range": ({"gpu-memory-utilization": 1.5}, "--gpu-memory-utilization", "less than or equal to 1"),
     "bad-backend": ({"attention-backend": "NO_SUCH_ATTN"}, "Unknown attention backend", "Valid options"),
     "bad-spec-method": ({"speculative-config": {"method": "eagle9", "num_speculative_tokens": 3}}, "--speculative-config", "eagle9"),
+}
+# The same recipe on SGLang: Dynamo's SGLang worker and SGLang's own server parse its commands.
+SGLANG = {
+    "ok": {"mem-fraction-static": 0.85, "max-running-requests": 16},
+    "unknown-flag": {"not-a-flag": True},
+    "bad-value": {"mem-fraction-static": "lots"},
 }
 SERVE = {
     "ok": ["serve", "/models/m", "--tensor-parallel-size", "8", "--block-size", "128", "--async-scheduling",
@@ -84,6 +97,16 @@ def rejected(tmp_path_factory) -> dict[str, list[EngineCommand]]:
         f = tmp / f"broken-{name}.yaml"
         f.write_text(yaml.safe_dump(data))
         out[name] = engine_commands(f)
+    for name, role_args in SGLANG.items():
+        data = yaml.safe_load(src.read_text())
+        data["engine"] = {"backend": "sglang", "decode": {"args": role_args}}
+        f = tmp / f"sglang-{name}.yaml"
+        f.write_text(yaml.safe_dump(data))
+        out[f"sglang-{name}"] = engine_commands(f)
+        out[f"sglang-{name}-native"] = [
+            EngineCommand(c.recipe, c.deployment, c.script, "sglang", [a for a in c.argv if a != "--disaggregation-transfer-backend" and a != "nixl"])
+            for c in out[f"sglang-{name}"]
+        ]
     for name, argv in SERVE.items():
         out[f"serve-{name}"] = [EngineCommand("serve.yaml", "d", "s", "vllm serve", argv)]
     parse_all([c for group in out.values() for c in group])
@@ -136,3 +159,16 @@ def test_missing_engine_environment_is_a_failure_with_the_fix(monkeypatch, tmp_p
     monkeypatch.setitem(engine_conformance.VENVS, "dynamo.vllm", str(tmp_path / "nowhere"))
     with pytest.raises(engine_conformance.MissingEngineVenv, match="install_engines.sh"):
         venv_python("dynamo.vllm")
+
+
+@pytest.mark.parametrize("parser", ["dynamo.sglang", "sglang"])
+def test_sglang_parsers_check_the_rendered_commands(rejected, parser):
+    suffix = "" if parser == "dynamo.sglang" else "-native"
+    ok, flag, value = (rejected[f"sglang-{k}{suffix}"] for k in SGLANG)
+    _skip_unavailable(ok)
+    assert ok and all(c.parser == parser for c in ok)
+    assert all(c.result["ok"] for c in ok), failure_lines(ok)
+    decode = lambda cmds: [c for c in cmds if "decode" in c.argv]  # noqa: E731
+    assert all("unrecognized arguments: --not-a-flag" in line for line in failure_lines(decode(flag)))
+    assert all("--mem-fraction-static: invalid float value: 'lots'" in line for line in failure_lines(decode(value)))
+    assert len(failure_lines(flag)) == len(decode(flag)) == len(failure_lines(value)) >= 1
