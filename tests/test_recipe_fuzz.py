@@ -95,13 +95,16 @@ def dry_run(data: dict, where: Path) -> tuple[int, str]:
 
 
 def check(raw: dict, path: tuple, value: Any, where: Path) -> None:
-    data = mutate(raw, path, value)
     shown = "<deleted>" if value is DELETE else repr(value)[:60]
+    check_data(mutate(raw, path, value), f"{'.'.join(map(str, path))} = {shown}", where)
+
+
+def check_data(data: dict, what: str, where: Path) -> None:
     try:
         rc, err = dry_run(data, where)
     except Exception as e:  # the defect this test exists to find
-        pytest.fail(f"{'.'.join(map(str, path))} = {shown}: launch --dry-run raised {type(e).__name__}: {e}")
-    assert rc in (0, 2), f"{'.'.join(map(str, path))} = {shown}: exit {rc}, stderr {err!r}"
+        pytest.fail(f"{what}: launch --dry-run raised {type(e).__name__}: {e}")
+    assert rc in (0, 2), f"{what}: exit {rc}, stderr {err!r}"
     if rc == 2:
         assert err.startswith("inferx-slurm launch: ") and "Traceback" not in err, err
     assert not (where / "results").exists(), "a dry run wrote its results dir"
@@ -138,15 +141,17 @@ def _values() -> st.SearchStrategy:
 @given(case=st.sampled_from(CASES), value=_values(), extra=st.lists(st.tuples(st.sampled_from(CASES), _values()), max_size=2))
 def test_mutated_recipes_never_traceback(tmp_path, case, value, extra):
     recipe, path = case
-    raw = RAW[recipe]
+    data = mutate(RAW[recipe], path, value)
+    what = [f"{'.'.join(map(str, path))} = {value!r:.60}"]
     # Up to two more fields of the same recipe broken at once.
     for (other, p), v in extra:
         if other == recipe:
             try:
-                raw = mutate(raw, p, v)
+                data = mutate(data, p, v)
+                what.append(f"{'.'.join(map(str, p))} = {v!r:.60}")
             except (IndexError, KeyError, TypeError):
-                pass  # an earlier mutation removed the parent of this path
-    check(raw, path, value, tmp_path)
+                pass  # an earlier mutation replaced the parent of this path
+    check_data(data, ", ".join(what), tmp_path)
 
 
 @pytest.mark.parametrize("section", _engine_sections(), ids=lambda s: ".".join(s))
