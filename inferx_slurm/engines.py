@@ -72,8 +72,9 @@ def cuda_graph_sizes(max_concurrency: int) -> list[int]:
 def block_size(recipe: Recipe) -> int:
     for args in (recipe.engine.decode.args, recipe.engine.prefill.args, recipe.engine.args):
         for key in ("block-size", "page-size", "tokens-per-block"):
-            if key in args and args[key] is not None:
-                return int(args[key])  # type: ignore[arg-type]
+            v = args.get(key)
+            if v is not None and v is not False:  # the recipe checked it is a whole number >= 1
+                return int(v)  # type: ignore[arg-type]
     return KV_BLOCK_DEFAULT
 
 

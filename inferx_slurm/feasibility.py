@@ -103,9 +103,12 @@ def footprint(recipe: Recipe) -> Optional[Footprint]:
 def local_weights_gb(path: str | Path) -> Optional[float]:
     """Size of the weight files under a local checkpoint dir (None when it is no local dir)."""
     root = Path(path)
-    if not root.is_dir():
+    try:
+        if not root.is_dir():
+            return None
+        total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    except OSError:  # a name too long for this filesystem, a file gone mid-walk: nothing local to measure
         return None
-    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     return total / 1e9 if total else None
 
 

@@ -161,10 +161,46 @@ class Backend(str, Enum):
     mocker = "mocker"
 
 
+# Engine flags that take a count of tokens, sequences or blocks in every engine that has them.
+# The launcher derives other values from some (max_model_len from the block size), so a typo
+# here must stop at load time rather than as an engine crash on the cluster.
+WHOLE_NUMBER_ARGS = {
+    "block-size": "tokens per KV block, e.g. 16, 64 or 128",
+    "page-size": "tokens per KV page, e.g. 16, 64 or 128",
+    "tokens-per-block": "tokens per KV block, e.g. 32 or 64",
+    "kv-block-size": "tokens per KV block, e.g. 32 or 64",
+    "max-num-seqs": "sequences per batch, e.g. 256",
+    "max-running-requests": "sequences per batch, e.g. 256",
+    "max-num-batched-tokens": "tokens per scheduler step, e.g. 16384",
+    "max-model-len": "tokens per sequence, e.g. 9472",
+    "context-length": "tokens per sequence, e.g. 9472",
+    "max-seq-len": "tokens per sequence, e.g. 9472",
+}
+
+
+def _check_engine_args(v: dict[str, ArgValue]) -> dict[str, ArgValue]:
+    v = {k.lstrip("-"): val for k, val in v.items()}
+    for key, what in WHOLE_NUMBER_ARGS.items():
+        val = v.get(key)
+        if val is None or val is False:  # left out of the command line, like any other flag
+            continue
+        ok = (isinstance(val, int) and not isinstance(val, bool) and val >= 1) or (
+            isinstance(val, str) and val.strip().isdigit() and int(val) >= 1
+        )
+        if not ok:
+            raise ValueError(f"{key}: got {val!r}; expected a whole number >= 1 ({what})")
+    return v
+
+
 class RoleEngine(_Strict):
     args: dict[str, ArgValue] = Field(default_factory=dict, description="engine flags for this role; win over derived ones")
     env: dict[str, str] = Field(default_factory=dict)
     startup_timeout_s: Optional[float] = Field(None, gt=0, description="time for this role to register; default per backend")
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v: dict[str, ArgValue]) -> dict[str, ArgValue]:
+        return _check_engine_args(v)
 
 
 class EngineSpec(_Strict):
@@ -178,8 +214,8 @@ class EngineSpec(_Strict):
 
     @field_validator("args")
     @classmethod
-    def _no_dashes(cls, v: dict[str, ArgValue]) -> dict[str, ArgValue]:
-        return {k.lstrip("-"): val for k, val in v.items()}
+    def _args(cls, v: dict[str, ArgValue]) -> dict[str, ArgValue]:
+        return _check_engine_args(v)
 
     def role(self, name: str) -> RoleEngine:
         return self.prefill if name == "prefill" else self.decode

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the local demo and the test suite need on a fresh Debian 12 machine
-# (root): Slurm + munge + MariaDB, etcd, NATS, squashfs-tools, sshd, this package, and Dynamo
-# and aiperf in their own virtual environments. Safe to re-run: each part skips what is there.
+# (root): Slurm + munge + MariaDB, etcd, NATS, squashfs-tools, sshd, this package, Dynamo and
+# aiperf in their own virtual environments, and the vLLM and SGLang engines whose parsers check
+# the recipes' engine flags. Safe to re-run: each part skips what is there.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -29,4 +30,5 @@ echo "install.sh: pip install -e $repo[test,local]"
 python3 -m pip install -q -e "$repo[test,local]"
 
 bash "$here/install_dynamo.sh"
+bash "$here/install_engines.sh"
 echo "install.sh: done"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +14,9 @@ def run(args: argparse.Namespace) -> int:
     from .. import local_cluster as lc
 
     state_dir = Path(args.state_dir) if args.state_dir else None
+    if args.action == "up" and importlib.util.find_spec("tokenizers") is None:
+        # Checked before any daemon starts: the tiny model's tokenizer is built after the cluster is up.
+        raise InferxError("the local cluster's tiny model needs the 'tokenizers' package: pip install 'inferx-slurm[local]'")
     try:
         if args.action == "up":
             info = lc.up(nodes=args.nodes, gpus_per_node=args.gpus_per_node, state_dir=state_dir)
