@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from . import provenance
 from .benchmark import aiperf_argv, point_dir
 from .errors import InferxError, SubmitError
 from .executor import executor_params, sbatch_script
@@ -56,6 +57,7 @@ def prepare(recipe: Recipe, results_dir: Path) -> tuple[Path, Plan, RenderedJob]
     atomic_write_json(results_dir / "recipe.json", recipe.to_dict())
     atomic_write_json(results_dir / "plan.json", plan.model_dump(mode="json"))
     atomic_write_json(results_dir / "rendered.json", job.model_dump(mode="json"))
+    provenance.start(recipe, results_dir)
     (results_dir / "logs").mkdir(exist_ok=True)
     return results_dir, plan, job
 
@@ -288,6 +290,7 @@ def import_image_for(recipe: Recipe, results_dir: Path) -> None:
     dest = Path(recipe.container.image_dir or results_dir.parent / "images")
     res = import_image(recipe.container.image, dest, log=say, on_wait=wait_notice("another import"))
     atomic_write_json(results_dir / "image.json", {"uri": recipe.container.image, "path": str(res.path)})
+    provenance.record_image(recipe, results_dir, Path(res.path))
 
 
 def attach(results_dir: str | Path, env: Optional[dict[str, str]] = None) -> JobHandle:
