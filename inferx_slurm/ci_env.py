@@ -41,6 +41,12 @@ FRAMEWORKS = {
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 ROLE_VARS = ("NUM_WORKERS", "TP", "EP", "DP_ATTN")
+# Every variable `from_environ` reads.
+VARIABLES = frozenset({
+    "MODEL", "MODEL_PATH", "IMAGE", "ISL", "OSL", "CONC_LIST", "CONC", "FRAMEWORK", "DISAGG", "SPEC_DECODING",
+    "SLURM_PARTITION", "SLURM_ACCOUNT", "RUNNER_NAME", "RESULT_FILENAME", "GITHUB_WORKSPACE", "RUNNER_TYPE",
+    "PRECISION", "MODEL_PREFIX", "EXP_NAME", *(f"{r}_{v}" for r in ("PREFILL", "DECODE") for v in ROLE_VARS),
+})
 
 
 @dataclass

@@ -99,6 +99,26 @@ def test_environment_error_exits_2_before_submitting(tmp_path):
     assert out.returncode == 2 and "IMAGE: got 'nvcr.io#nvidia/x:1'; the recipe runs bare processes" in out.stdout
 
 
+def test_example_runner_script_is_one_line_and_its_workflow_speaks_our_variables(tmp_path):
+    import yaml
+
+    from inferx_slurm.ci_env import VARIABLES
+
+    script = REPO / "examples/github/launch_gb200-nv.sh"
+    commands = [line for line in script.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert len(commands) == 1 and commands[0].startswith("exec inferx-slurm ci ")
+    workflow = yaml.safe_load((REPO / "examples/github/gb200-benchmark.yml").read_text())
+    env = set(workflow["jobs"]["benchmark"]["env"])
+    assert env - VARIABLES == {"CONFIG_FILE", "BASELINE_DIR"}  # the script's own two
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "inferx-slurm").write_text(f"#!/bin/sh\nexec {sys.executable} -m inferx_slurm \"$@\"\n")
+    (bindir / "inferx-slurm").chmod(0o755)
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=REPO, timeout=60,
+                         env={**os.environ, "PATH": f"{bindir}:/usr/bin:/bin", "CONFIG_FILE": str(RECIPE), "PREFILL_TP": "4"})
+    assert out.returncode == 2 and "PREFILL_NUM_WORKERS: got None; is needed with PREFILL_TP" in out.stdout
+
+
 def test_fault_kinds_map_to_exit_codes():
     assert cr.CATEGORY_EXIT[cr.classify_fault("node_down", "node node2 ...")] == cr.EXIT_INFRA == 3
     assert cr.classify_fault("exited", "infra exited (exit code 1) on host node1.") == "infrastructure"
