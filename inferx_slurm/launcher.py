@@ -24,7 +24,7 @@ from .fsutil import atomic_write, atomic_write_json, read_json
 from .locks import say, wait_notice
 from .plan import Plan, format_plan, plan_recipe
 from .recipe import ContainerRuntime, Recipe
-from .render import RenderedJob, render, shell_join, srun_argv
+from .render import IDENTITY_PROBE, RenderedJob, render, shell_join, srun_argv
 
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 # COMPLETING: the job's processes are gone and Slurm is cleaning up (for a dead node, until
@@ -83,6 +83,9 @@ def dry_run_text(recipe: Recipe, results_dir: Path) -> str:
         for conc in recipe.benchmark.concurrency:
             out.append(shell_join(aiperf_argv(recipe, scen, conc, url=url, artifact_dir=f"{job_dir}/{point_dir(scen, conc)}", tokenizer=tok)))
     for rel, text in job.files.items():
+        if rel == IDENTITY_PROBE:
+            out += ["", f"# ---- {job_dir}/{rel}: inferx_slurm/runtime/identity_probe.py, copied as is ----"]
+            continue
         out += ["", f"# ---- {job_dir}/{rel} ----", text.rstrip()]
     return "\n".join(out) + "\n"
 
