@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from . import provenance
 from .benchmark import aiperf_argv, point_dir
 from .errors import InferxError, SubmitError
 from .executor import executor_params, sbatch_script
@@ -23,7 +24,7 @@ from .fsutil import atomic_write, atomic_write_json, read_json
 from .locks import say, wait_notice
 from .plan import Plan, format_plan, plan_recipe
 from .recipe import ContainerRuntime, Recipe
-from .render import RenderedJob, render, shell_join, srun_argv
+from .render import IDENTITY_PROBE, RenderedJob, render, shell_join, srun_argv
 
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 # COMPLETING: the job's processes are gone and Slurm is cleaning up (for a dead node, until
@@ -56,6 +57,7 @@ def prepare(recipe: Recipe, results_dir: Path) -> tuple[Path, Plan, RenderedJob]
     atomic_write_json(results_dir / "recipe.json", recipe.to_dict())
     atomic_write_json(results_dir / "plan.json", plan.model_dump(mode="json"))
     atomic_write_json(results_dir / "rendered.json", job.model_dump(mode="json"))
+    provenance.start(recipe, results_dir)
     (results_dir / "logs").mkdir(exist_ok=True)
     return results_dir, plan, job
 
@@ -81,6 +83,9 @@ def dry_run_text(recipe: Recipe, results_dir: Path) -> str:
         for conc in recipe.benchmark.concurrency:
             out.append(shell_join(aiperf_argv(recipe, scen, conc, url=url, artifact_dir=f"{job_dir}/{point_dir(scen, conc)}", tokenizer=tok)))
     for rel, text in job.files.items():
+        if rel == IDENTITY_PROBE:
+            out += ["", f"# ---- {job_dir}/{rel}: inferx_slurm/runtime/identity_probe.py, copied as is ----"]
+            continue
         out += ["", f"# ---- {job_dir}/{rel} ----", text.rstrip()]
     return "\n".join(out) + "\n"
 
@@ -294,6 +299,7 @@ def import_image_for(recipe: Recipe, results_dir: Path) -> None:
     dest = Path(recipe.container.image_dir or results_dir.parent / "images")
     res = import_image(recipe.container.image, dest, log=say, on_wait=wait_notice("another import"))
     atomic_write_json(results_dir / "image.json", {"uri": recipe.container.image, "path": str(res.path)})
+    provenance.record_image(recipe, results_dir, Path(res.path))
 
 
 def attach(results_dir: str | Path, env: Optional[dict[str, str]] = None) -> JobHandle:

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_serializer,
     field_validator,
@@ -289,6 +290,39 @@ class BenchmarkSpec(_Strict):
         return max(self.min_requests, self.requests_per_concurrency * concurrency)
 
 
+class ExpectSpec(_Strict):
+    """What the run must be running on. Every worker checks its own environment against these
+    before it loads weights; a mismatch ends the run within seconds, naming both values."""
+
+    dynamo_version: Optional[str] = Field(None, description="ai-dynamo version inside the worker's environment, e.g. 1.6.1")
+    engine_version: Optional[str] = Field(None, description="the backend's package version (vllm, sglang, tensorrt-llm; ai-dynamo for mocker)")
+    nixl_version: Optional[str] = Field(None, description="nixl package version inside the worker's environment")
+    model_revision: Optional[str] = Field(
+        None, description="HF snapshot commit (a prefix of at least 7 characters is enough) or config-sha256:HEX of config.json"
+    )
+    image_digest: Optional[str] = Field(
+        None, description="sha256:HEX the image must have: the URI's pinned digest or the imported squashfs file's sha256"
+    )
+
+    @field_validator("image_digest")
+    @classmethod
+    def _digest(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", v):
+            raise ValueError("expected sha256: followed by 64 lowercase hex digits")
+        return v
+
+    @field_validator("model_revision")
+    @classmethod
+    def _revision(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not re.fullmatch(r"[0-9a-f]{7,40}|config-sha256:[0-9a-f]{7,64}", v):
+            raise ValueError("expected a commit hash (7-40 hex digits) or config-sha256:HEX")
+        return v
+
+    def worker_checks(self) -> dict[str, str]:
+        """The pins a worker checks inside its own environment (the image is checked at submit)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None and k != "image_digest"}
+
+
 class SweepOverride(_Strict):
     match: dict[str, Any] = Field(default_factory=dict, description="topology / scenario / concurrency to match")
     set: dict[str, Any] = Field(description="dotted recipe paths and values, e.g. {engine.decode.args.max-num-seqs: 512}")
@@ -328,7 +362,10 @@ class Recipe(_Strict):
     env: dict[str, str] = Field(default_factory=dict, description="environment for every process; wins over the profile")
     setup_scripts: list[str] = Field(default_factory=list, description="scripts sourced on every node before a worker starts")
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
+    expect: ExpectSpec = Field(default_factory=ExpectSpec, description="identity pins every worker checks before loading weights")
     sweep: Optional[SweepSpec] = None
+    # The file the recipe was loaded from, for provenance (hash and git revision of its repo).
+    _source: Optional[str] = PrivateAttr(default=None)
 
     @field_serializer("topology")
     def _ser_topo(self, v: Topology) -> str:
@@ -378,7 +415,17 @@ class Recipe(_Strict):
             data = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
             raise RecipeError("recipe", str(path), f"is not valid YAML: {e}") from None
-        return cls.from_dict(data, source=str(path))
+        recipe = cls.from_dict(data, source=str(path))
+        recipe._source = str(p.resolve())
+        return recipe
+
+    @property
+    def source(self) -> Optional[str]:
+        return self._source
+
+    def __eq__(self, other: object) -> bool:
+        # Two recipes are equal when they say the same; where they were read from is not part of it.
+        return isinstance(other, Recipe) and self.__dict__ == other.__dict__
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
@@ -391,7 +438,9 @@ class Recipe(_Strict):
         data = self.to_dict()
         for dotted, value in sets.items():
             _set_dotted(data, dotted, value)
-        return Recipe.from_dict(data)
+        out = Recipe.from_dict(data)
+        out._source = self._source
+        return out
 
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

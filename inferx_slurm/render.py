@@ -7,6 +7,7 @@ expansions are the address variables the scripts define themselves.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from functools import lru_cache
@@ -143,9 +144,25 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
         cache_exports=cache,
         setup_sources=setup,
         worker=w.name,
+        identity_check=identity_check(recipe, w.name, job_dir),
         pid_dir=shell_word(f"{job_dir}/logs"),
         cases="\n".join(cases),
     )
+
+
+IDENTITY_PROBE = "scripts/identity_probe.py"
+
+
+def identity_check(recipe: Recipe, worker: str, job_dir: str) -> str:
+    """The probe line of a worker script; it runs under the engine's own interpreter."""
+    argv = [recipe.engine.python, f"{job_dir}/{IDENTITY_PROBE}", "--backend", recipe.engine.backend.value,
+            "--model", recipe.model.path, "--expect", json.dumps(recipe.expect.worker_checks(), sort_keys=True)]
+    out = shell_word(f"{job_dir}/provenance/{worker}") + '.n"$node_rank".json'
+    return f"{shell_join(argv)} --out {out}"
+
+
+def identity_probe_source() -> str:
+    return resources.files("inferx_slurm").joinpath("runtime", "identity_probe.py").read_text()
 
 
 def frontend_argv(recipe: Recipe) -> list[str]:
@@ -214,6 +231,7 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None, *, python:
     )
     steps.append(Step(name="frontend", kind="frontend", node=fe_node, script="scripts/frontend.sh", startup_timeout_s=120))
 
+    files[IDENTITY_PROBE] = identity_probe_source()
     for w in plan.workers:
         cmds = node_commands(recipe, plan, w)
         files[f"scripts/{w.name}.sh"] = worker_script(recipe, plan, w, cmds, job_dir)

@@ -14,6 +14,9 @@ export LEADER_ADDR INFRA_ADDR
 # fault tests signal it directly.
 echo $$ > {{ pid_dir }}/{{ worker }}.n"$node_rank".pid
 {{ setup_sources }}
+# What this node runs on (package versions, model revision, GPUs), checked against the
+# recipe's pins before any weights load: a mismatch exits here, in seconds.
+{{ identity_check }}
 case "$node_rank" in
 {{ cases }}
   *) echo "[inferx] {{ worker }}: no node rank $node_rank in this worker" >&2; exit 2 ;;

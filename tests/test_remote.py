@@ -22,12 +22,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("host", "user"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
-    (d / "authorized_keys").write_text((d / "user.pub").read_text())
+def start_sshd(d: Path, key_pub: Path, extra: str = ""):
+    """A real sshd on 127.0.0.1 with its own host key; returns (process, port, known_hosts line)."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")], check=True)
+    (d / "authorized_keys").write_text(key_pub.read_text())
     os.chmod(d / "authorized_keys", 0o600)
     port = free_port()
     (d / "sshd_config").write_text(f"""
@@ -41,8 +39,8 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 StrictModes no
 UsePAM no
-Subsystem sftp internal-sftp
 AcceptEnv LANG
+{extra}
 """)
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation dir sshd insists on
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "sshd.log", "w"))
@@ -57,10 +55,54 @@ AcceptEnv LANG
         proc.kill()
         pytest.fail("sshd did not start: " + (d / "sshd.log").read_text())
     host_pub = (d / "host.pub").read_text().split()
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    return proc, port, f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n"
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sshd")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "user")], check=True)
+    proc, port, known = start_sshd(d, d / "user.pub", "Subsystem sftp internal-sftp")
+    (d / "known_hosts").write_text(known)
     yield {"port": port, "key": str(d / "user"), "known_hosts": str(d / "known_hosts"), "dir": d}
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def bastion(sshd, tmp_path_factory):
+    """A jump host that only forwards: no shell, no command, no SFTP, no TTY."""
+    d = tmp_path_factory.mktemp("bastion")
+    proc, port, known = start_sshd(d, Path(sshd["key"] + ".pub"),
+                                   "AllowTcpForwarding yes\nForceCommand /bin/false\nPermitTTY no\nX11Forwarding no\nLogLevel DEBUG1")
+    with open(sshd["known_hosts"], "a") as f:
+        f.write(known)
+    yield {"port": port, "log": d / "sshd.log"}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def ssh_config_home(tmp_path, sshd, bastion) -> dict[str, str]:
+    """A HOME whose ~/.ssh/config reaches the login node only by alias, through the bastion."""
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(f"""
+Host login
+    HostName 127.0.0.1
+    Port {sshd['port']}
+    User root
+    IdentityFile {sshd['key']}
+    ProxyJump jump
+    ServerAliveInterval 5
+    UserKnownHostsFile {sshd['known_hosts']}
+
+Host jump
+    HostName 127.0.0.1
+    Port {bastion['port']}
+    User root
+    IdentityFile {sshd['key']}
+    UserKnownHostsFile {sshd['known_hosts']}
+""")
+    return {"HOME": str(tmp_path)}
 
 
 def cli(*args, **kw):
@@ -113,3 +155,46 @@ def test_remote_launch_runs_on_the_cluster(sshd, cluster, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "requests through prefill and decode: 30" in out.stdout
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_bastion_only_forwards(sshd, bastion, tmp_path):
+    env = {**os.environ, **ssh_config_home(tmp_path, sshd, bastion)}
+    out = cli("remote", "--remote-command", f"{sys.executable} -m inferx_slurm", "jump", "--", "profiles", env=env)
+    # Reached and authenticated, but ForceCommand /bin/false runs instead of anything asked.
+    assert out.returncode == 1 and out.stdout == "" and "error" not in out.stderr
+
+
+def test_alias_through_proxyjump_runs_remote_commands(sshd, bastion, tmp_path):
+    env = {**os.environ, **ssh_config_home(tmp_path, sshd, bastion)}
+    out = cli("remote", "--remote-command", f"cd {REPO} && {sys.executable} -m inferx_slurm", "login", "--", "plan", "1P1D DEP6", env=env)
+    assert out.returncode == 2 and "topology.prefill" in out.stderr
+    assert f"target 127.0.0.1 port {sshd['port']}" in bastion["log"].read_text()
+
+
+def test_jump_host_that_refuses_forwarding_is_named(sshd, tmp_path):
+    d = tmp_path / "closed"
+    d.mkdir()
+    proc, port, known = start_sshd(d, Path(sshd["key"] + ".pub"), "AllowTcpForwarding no\nForceCommand /bin/false")
+    try:
+        kh = tmp_path / "known_hosts"
+        kh.write_text(Path(sshd["known_hosts"]).read_text() + known)
+        cfg = tmp_path / "ssh_config"
+        cfg.write_text(f"Host login\n HostName 127.0.0.1\n Port {sshd['port']}\n User root\n ProxyJump root@127.0.0.1:{port}\n")
+        out = cli("remote", "--ssh-config", str(cfg), "--identity", sshd["key"], "--known-hosts", str(kh), "login", "--", "profiles")
+        assert out.returncode == 1 and f"jump host 127.0.0.1:{port} would not forward to 127.0.0.1:{sshd['port']}" in out.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.cluster
+def test_remote_alias_launch_through_bastion_runs_on_the_cluster(sshd, bastion, cluster, tmp_path):
+    env = {**os.environ, **ssh_config_home(tmp_path, sshd, bastion)}
+    out = cli("launch", "recipes/disagg/local/mocker-1p1d.yaml", "--wait", "--results-dir", str(tmp_path / "run"), "--remote", "login",
+              "--remote-command", f"cd {REPO} && {sys.executable} -m inferx_slurm", "--remote-env", f"SLURM_CONF={cluster.slurm_conf}",
+              "--remote-env", f"INFERX_LOCAL_CLUSTER_DIR={cluster.state_dir}", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "requests through prefill and decode: 30" in out.stdout
+    assert (tmp_path / "run" / "summary.json").exists()
+    log = bastion["log"].read_text()
+    assert f"target 127.0.0.1 port {sshd['port']}" in log

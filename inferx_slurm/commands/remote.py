@@ -12,11 +12,13 @@ from ..remote import Remote
 def add_remote_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
     g = p.add_argument_group("remote (SSH)")
     if not required:
-        g.add_argument("--remote", metavar="[USER@]HOST[:PORT]", help="validate here, then run on this login node over SSH")
-    g.add_argument("--identity", metavar="KEY", help="SSH private key (default: agent and ~/.ssh keys)")
+        g.add_argument("--remote", metavar="[USER@]HOST[:PORT]",
+                       help="validate here, then run on this login node over SSH (a Host alias from ~/.ssh/config works, ProxyJump included)")
+    g.add_argument("--identity", metavar="KEY", help="SSH private key (default: IdentityFile from ~/.ssh/config, else agent and ~/.ssh keys)")
     g.add_argument("--known-hosts", metavar="FILE", help="known_hosts to check the host key against (default: system and ~/.ssh)")
     g.add_argument("--accept-new-host-key", action="store_true", help="trust an unknown host key on first contact")
     g.add_argument("--remote-command", default="inferx-slurm", metavar="CMD", help="how to run inferx-slurm there (default: inferx-slurm)")
+    g.add_argument("--ssh-config", metavar="FILE", help="ssh_config to read Host aliases from (default: ~/.ssh/config)")
     g.add_argument("--remote-env", action="append", default=[], metavar="NAME=VALUE", help="environment for the remote command (repeatable), e.g. SLURM_CONF=...")
 
 
@@ -29,7 +31,7 @@ def remote_from_args(args: argparse.Namespace, target: str | None = None) -> Rem
         env[name] = value
     return Remote.parse(
         target or args.remote, identity=args.identity, known_hosts=args.known_hosts,
-        accept_new_host_key=args.accept_new_host_key, command=args.remote_command, env=env,
+        accept_new_host_key=args.accept_new_host_key, command=args.remote_command, env=env, ssh_config=args.ssh_config,
     )
 
 
@@ -49,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run `inferx-slurm ARGS` on a cluster's login node over SSH, streaming its output; e.g. "
         "`inferx-slurm remote alice@login -- status 1234`.",
     )
-    p.add_argument("target", metavar="[USER@]HOST[:PORT]")
+    p.add_argument("target", metavar="[USER@]HOST[:PORT]", help="login node, or a Host alias from ~/.ssh/config")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS")
     add_remote_args(p, required=True)
     p.set_defaults(func=run)

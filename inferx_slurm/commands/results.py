@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from .. import provenance
 from ..errors import InferxError
 from ..results import compare, format_table, load_summary, served_line
 
@@ -28,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
         base = load_summary(args.compare)
         print(f"{summary.get('name')} vs {base.get('name')} (new vs base; ok = better, !! = worse)")
         print(compare(base, summary))
+        for d in provenance.differences(provenance.load(args.compare), provenance.load(args.dir)):
+            print(f"warning: runs differ in {d}", file=sys.stderr)
         return 0
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -36,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{summary.get('name')} {summary.get('topology')}, {summary.get('total_gpus')} GPUs{flag}")
     print(format_table(summary.get("rows", [])))
     print(served_line(summary))
+    print("\n".join(provenance.format_lines(provenance.load(args.dir))))
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..benchmark import AIPERF_EXPORT, aiperf_argv, point_dir, profiling_window, summarize
+from .. import provenance
 from ..fsutil import atomic_write, atomic_write_json, read_json
 from ..plan import Plan
 from ..recipe import Discovery, Recipe
@@ -91,10 +92,17 @@ class Driver:
         finally:
             self._stop_client()
             stop_all(self.steps)
+            self._record_provenance()
         self.write_summary(partial=False)
         self.event("done")
         self.status("done")
         return {"rows": self.rows}
+
+    def _record_provenance(self) -> None:
+        try:
+            provenance.finalize(self.dir, self.hosts)
+        except Exception as e:  # provenance must never turn a good run into a failed one
+            print(f"[inferx] provenance not recorded: {e!r}", flush=True)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name

@@ -20,6 +20,7 @@ HINTS = [
     ("CUDA out of memory", "the engine ran out of GPU memory: lower max-num-seqs / gpu-memory-utilization or use more GPUs per worker"),
     ("Address already in use", "a port is taken: change placement.port_base or frontend ports"),
     ("Rejected incompatible workers", "the frontend rejected a worker whose model card differs from the others: give every worker the same model path, args and DYN_SYSTEM_PORT setting"),
+    ("identity mismatch", "the worker's environment is not what the recipe pins (expect.*): run the pinned image and model, or update the pin after checking the change"),
     ("System status server startup failed", "a worker's system port is taken: two workers on one node share DYN_SYSTEM_PORT"),
 ]
 

@@ -1,5 +1,6 @@
-/* Stand-in for libnvidia-ml with the NVML calls gpumon makes, same signatures and structs as
- * nvml.h: two GPUs, GPU i draws (300 + 10 i) W at (50 + 20 i) % utilization, 8 GB used. */
+/* Stand-in for libnvidia-ml with the NVML calls gpumon and the identity probe make, same
+ * signatures and structs as nvml.h: two "NVIDIA GB200" GPUs on driver 570.86.15 with CUDA 12.8;
+ * GPU i draws (300 + 10 i) W at (50 + 20 i) % utilization, 8 GB used. */
 typedef struct { unsigned int gpu; unsigned int memory; } nvmlUtilization_t;
 typedef struct { unsigned long long total; unsigned long long free; unsigned long long used; } nvmlMemory_t;
 typedef void *nvmlDevice_t;
@@ -28,3 +29,13 @@ int nvmlDeviceGetMemoryInfo(nvmlDevice_t h, nvmlMemory_t *m) {
     m->free = m->total - m->used;
     return 0;
 }
+
+static int copy_str(const char *src, char *dst, unsigned int len) {
+    unsigned int i = 0;
+    for (; src[i] && i + 1 < len; i++) dst[i] = src[i];
+    dst[i] = 0;
+    return 0;
+}
+int nvmlSystemGetDriverVersion(char *version, unsigned int len) { return copy_str("570.86.15", version, len); }
+int nvmlSystemGetCudaDriverVersion_v2(int *v) { *v = 12080; return 0; }
+int nvmlDeviceGetName(nvmlDevice_t h, char *name, unsigned int len) { (void)h; return copy_str("NVIDIA GB200", name, len); }

@@ -1,0 +1,45 @@
+"""`inferx-slurm ci RECIPE`: one CI matrix point, from the environment InferenceX's workflows
+pass to result files, a step summary and an exit code that says what failed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..baseline import DEFAULT_THRESHOLDS, parse_thresholds
+from ..ci_env import parse_sets
+from ..ci_run import CIOptions, publish, run_ci
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = CIOptions(
+        recipe=args.recipe, sets=parse_sets(args.set), baseline=args.baseline,
+        thresholds=parse_thresholds(args.threshold), results_dir=args.results_dir, out_dir=args.out_dir,
+        archive_max_bytes=int(args.archive_max_mb * (1 << 20)), poll_s=args.poll,
+    )
+    code, rep = run_ci(opts, os.environ)
+    publish(rep, os.environ)
+    return code
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    defaults = ", ".join(f"{k} {v[1]:.0f}%%" for k, v in DEFAULT_THRESHOLDS.items())
+    p = sub.add_parser(
+        "ci",
+        help="run one CI matrix point: result files, step summary, outputs, exit code per failure kind",
+        description="Run RECIPE with overrides from the CI environment (InferenceX variable names: MODEL, IMAGE, ISL, OSL, "
+        "CONC_LIST, FRAMEWORK, PREFILL_*/DECODE_*, RESULT_FILENAME, ...) and --set, wait, and write per-point result JSONs, "
+        "results.tar.gz, the $GITHUB_STEP_SUMMARY report and $GITHUB_OUTPUT keys. Exit: 0 ok, 2 recipe/environment, "
+        "3 infrastructure, 4 engine, 5 regression against --baseline, 6 benchmark client, 1 internal.",
+    )
+    p.add_argument("recipe", metavar="RECIPE", help="recipe file (.yaml/.json)")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a recipe field (repeatable; wins over the environment), e.g. engine.args.speedup-ratio=2")
+    p.add_argument("--baseline", metavar="DIR|FILE", help="earlier results dir, summary.json, or InferenceX agg_*.json file(s) to gate against")
+    p.add_argument("--threshold", action="append", default=[], metavar="METRIC=PCT",
+                   help=f"allowed worsening per metric in %% (repeatable; 'off' drops one); defaults: {defaults}")
+    p.add_argument("--results-dir", metavar="DIR", help="the run's results dir (default: results/NAME-TIMESTAMP)")
+    p.add_argument("--out-dir", metavar="DIR", help="where result JSONs and results.tar.gz go (default: $GITHUB_WORKSPACE, else .)")
+    p.add_argument("--archive-max-mb", type=float, default=50.0, metavar="MB", help="size limit of results.tar.gz (default 50)")
+    p.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between status polls (default 2)")
+    p.set_defaults(func=run)

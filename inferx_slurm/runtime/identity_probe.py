@@ -1,0 +1,177 @@
+"""What a worker runs on, reported from inside its own environment, and checked against the
+recipe's pins before the engine loads any weights.
+
+This file is copied into the job dir and run by the engine's interpreter (inside the container
+where there is one), so it uses the standard library only and never imports inferx_slurm.
+
+    python identity_probe.py --out FILE --backend vllm --model PATH [--expect JSON]
+
+Writes FILE (JSON: package versions, model revision, GPUs from NVML) and exits 3 with one
+line per mismatch when the environment is not what the recipe pins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+MISMATCH_EXIT = 3
+# Distribution names differ between wheels and images; the first one installed answers.
+PACKAGES = {
+    "dynamo": ("ai-dynamo", "ai-dynamo-runtime"),
+    "nixl": ("nixl", "nixl-cu12", "nixl-cu13"),
+    "vllm": ("vllm",),
+    "sglang": ("sglang",),
+    "tensorrt-llm": ("tensorrt-llm", "tensorrt_llm"),
+    "torch": ("torch",),
+}
+# The package whose version is "the engine's": the mock engine ships inside ai-dynamo.
+ENGINE_PACKAGE = {"vllm": "vllm", "sglang": "sglang", "trtllm": "tensorrt-llm", "mocker": "dynamo"}
+PIN_LABELS = {
+    "dynamo_version": "Dynamo (ai-dynamo)",
+    "engine_version": "the engine",
+    "nixl_version": "NIXL",
+    "model_revision": "the model revision",
+}
+
+
+def version_of(names: tuple[str, ...]) -> str | None:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _hub_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("HF_HUB_CACHE"):
+        dirs.append(Path(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        dirs.append(Path(os.environ["HF_HOME"]) / "hub")
+    dirs.append(Path.home() / ".cache" / "huggingface" / "hub")
+    return dirs
+
+
+def model_revision(model: str) -> dict[str, str | None]:
+    """HF snapshot commit when the model is (or resolves to) an HF cache snapshot; otherwise
+    the sha256 of its config.json, which changes whenever the checkpoint's shape does."""
+    path = Path(model)
+    if path.parent.name == "snapshots":
+        return {"kind": "hf-snapshot", "revision": path.name, "path": str(path)}
+    if not path.exists() and model.count("/") == 1:
+        for hub in _hub_dirs():
+            ref = hub / f"models--{model.replace('/', '--')}" / "refs" / "main"
+            if ref.is_file():
+                rev = ref.read_text().strip()
+                return {"kind": "hf-snapshot", "revision": rev, "path": str(ref.parent.parent / "snapshots" / rev)}
+        return {"kind": "unresolved", "revision": None, "path": model}
+    config = path / "config.json"
+    if config.is_file():
+        return {"kind": "config-sha256", "revision": "config-sha256:" + hashlib.sha256(config.read_bytes()).hexdigest(), "path": str(path)}
+    return {"kind": "unresolved", "revision": None, "path": model}
+
+
+def nvml_gpus() -> dict[str, object]:
+    """GPU names, driver and CUDA version from NVML; empty where the node has none."""
+    lib_name = os.environ.get("INFERX_NVML_LIB") or "libnvidia-ml.so.1"
+    try:
+        lib = ctypes.CDLL(lib_name)
+        if lib.nvmlInit_v2() != 0:
+            return {}
+    except (OSError, AttributeError):
+        return {}
+    out: dict[str, object] = {}
+    try:
+        buf = ctypes.create_string_buffer(96)
+        if lib.nvmlSystemGetDriverVersion(buf, 96) == 0:
+            out["driver"] = buf.value.decode()
+        cuda = ctypes.c_int()
+        fn = getattr(lib, "nvmlSystemGetCudaDriverVersion_v2", None) or getattr(lib, "nvmlSystemGetCudaDriverVersion", None)
+        if fn is not None and fn(ctypes.byref(cuda)) == 0:
+            out["cuda"] = f"{cuda.value // 1000}.{cuda.value % 1000 // 10}"
+        count = ctypes.c_uint()
+        names = []
+        if lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0:
+            for i in range(count.value):
+                handle = ctypes.c_void_p()
+                if lib.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(handle)) == 0:
+                    name = ctypes.create_string_buffer(96)
+                    if lib.nvmlDeviceGetName(handle, name, 96) == 0:
+                        names.append(name.value.decode())
+        out["names"] = names
+    except AttributeError:
+        pass
+    finally:
+        try:
+            lib.nvmlShutdown()
+        except AttributeError:
+            pass
+    return out
+
+
+def mismatches(report: dict, expect: dict[str, str]) -> list[str]:
+    observed = {
+        "dynamo_version": report["packages"].get("dynamo"),
+        "engine_version": report["engine"]["version"],
+        "nixl_version": report["packages"].get("nixl"),
+        "model_revision": report["model"]["revision"],
+    }
+    problems = []
+    for key, want in expect.items():
+        have = observed.get(key)
+        if key == "model_revision":
+            ok = have is not None and (have == want or (not want.startswith("config-sha256:") and have.startswith(want)))
+        else:
+            ok = have == want
+        if not ok:
+            shown = have if have is not None else "not installed" if key != "model_revision" else "unknown"
+            problems.append(f"{PIN_LABELS.get(key, key)} is {shown} in this worker's environment, "
+                            f"but the recipe pins {want} (expect.{key})")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--backend", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--expect", default="{}", help="JSON object of pins, e.g. {\"dynamo_version\": \"1.6.1\"}")
+    a = p.parse_args(argv)
+    packages = {key: version_of(names) for key, names in PACKAGES.items()}
+    engine_pkg = ENGINE_PACKAGE.get(a.backend, a.backend)
+    report = {
+        "host": socket.gethostname(),
+        "at": time.time(),
+        "python": sys.version.split()[0],
+        "backend": a.backend,
+        "engine": {"package": engine_pkg, "version": packages.get(engine_pkg)},
+        "packages": packages,
+        "model": model_revision(a.model),
+        "gpu": nvml_gpus(),
+    }
+    problems = mismatches(report, json.loads(a.expect))
+    report["mismatches"] = problems
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out)
+    shown = ", ".join(f"{k} {v}" for k, v in packages.items() if v)
+    print(f"[inferx] identity: {shown or 'no known packages'}; model {report['model']['revision'] or 'unresolved'}", flush=True)
+    for line in problems:
+        print(f"[inferx] identity mismatch: {line}", file=sys.stderr, flush=True)
+    return MISMATCH_EXIT if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
