@@ -122,15 +122,16 @@ def progress(root: Path) -> dict[str, Any]:
                 load_times.append(float(e["seconds"]))
         bench_t = [e["t"] for e in events if e["event"] in ("benchmark", "done")]
         point_times += [b - a for a, b in zip(bench_t, bench_t[1:])]
-        if phase == "failed":
-            failed.append(run.name)
-            continue
         if phase == "done":
             continue
         rec = read_json(run / "recipe.json")
         b = rec.get("benchmark", {})
         pts = [(rec["topology"], s["isl"], s["osl"], c) for s in b.get("scenarios", []) for c in b.get("concurrency", [])]
         left = [p for p in pts if p not in done]
+        if phase == "failed":
+            if left:  # a failure a later run made good is history, not news
+                failed.append(run.name)
+            continue
         if phase == "benchmarking" and left:
             running += 1
         lane = lanes.setdefault(str(job.get("job_id", run.name)), {"points": 0, "starts": set(), "running_start": None})
