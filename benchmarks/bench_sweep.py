@@ -2,10 +2,11 @@
 common max_model_len, on the same ladder, on the local Slurm cluster.
 
 The ladder is a small local version of a GB200 disaggregated ladder: topologies x 2 scenarios
-x concurrencies, on Dynamo's mock engines. A model load is SIMULATED with the mock engine's
-own `--startup-time` (seconds each engine spends "loading" before it registers), and a
+x concurrencies, on Dynamo's mock engines. A model load is SIMULATED: every engine first
+sources `simulated_load.sh`, a sleep of BENCH_LOAD_S seconds (the mock engine's own
+`--startup-time` does not delay its registration, so it cannot stand in for a load). A
 competing job holds one of the three nodes for the whole run, so the sweep's jobs queue
-behind each other as on a busy cluster. For each mode, one after another in one run:
+behind each other. For each mode, one after another in one run:
 
   wall time      submit of the first job to the end of the last (launch --wait)
   GPU-hours      sum over the sweep's Slurm jobs of elapsed x GPUs allocated (sacct)
@@ -15,7 +16,7 @@ behind each other as on a busy cluster. For each mode, one after another in one 
 and checks that every mode produced the same results rows (same points, all completed).
 
 Needs the local cluster: `inferx-slurm local-cluster up` (and SLURM_CONF exported).
-Knobs: BENCH_LOAD_S (simulated load, default 10), BENCH_TOPOLOGIES (default 3).
+Knobs: BENCH_LOAD_S (simulated load, default 20), BENCH_TOPOLOGIES (1-3, default 2).
 """
 
 from __future__ import annotations
@@ -32,15 +33,17 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-LOAD_S = float(os.environ.get("BENCH_LOAD_S", "10"))
-TOPOLOGIES = ["1P1D TP1", "2P1D TP1", "1P1D TP2"][: int(os.environ.get("BENCH_TOPOLOGIES", "3"))]
+LOAD_S = float(os.environ.get("BENCH_LOAD_S", "20"))
+TOPOLOGIES = ["1P1D TP1", "2P1D TP1", "1P1D TP2"][: int(os.environ.get("BENCH_TOPOLOGIES", "2"))]
 MODES = [("jobs", "jobs", False), ("array", "array", False), ("packed", "packed", False), ("packed+len", "packed", True)]
 
 
 def ladder(mode: str, share_len: bool) -> dict:
     doc = yaml.safe_load((REPO / "recipes/disagg/local/mocker-sweep.yaml").read_text())
     doc["name"] = "bench-sweep"
-    doc["engine"]["args"].update({"startup-time": LOAD_S, "speedup-ratio": 20})
+    doc["engine"]["args"].update({"speedup-ratio": 20})
+    doc["setup_scripts"] = [str(REPO / "benchmarks" / "simulated_load.sh")]
+    doc["env"]["INFERX_SIMULATED_LOAD_S"] = str(int(LOAD_S))
     doc["benchmark"].update({"concurrency": [1, 4], "min_requests": 8, "requests_per_concurrency": 2})
     doc["sweep"] = {
         "mode": mode, "share_max_model_len": share_len,
@@ -105,7 +108,7 @@ def main() -> None:
         sys.exit("export SLURM_CONF from `inferx-slurm local-cluster up` first")
     n_points = len(TOPOLOGIES) * 2 * 2
     print(f"ladder: {len(TOPOLOGIES)} topologies x 2 scenarios x 2 concurrencies = {n_points} points; "
-          f"simulated model load {LOAD_S:.0f} s per engine (dynamo.mocker --startup-time); "
+          f"SIMULATED model load: a {LOAD_S:.0f} s sleep before each engine; "
           "a competing job holds 1 of 3 nodes", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
