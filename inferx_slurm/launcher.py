@@ -47,10 +47,12 @@ def _fresh_dir(path: Path) -> Path:
     return candidate
 
 
-def prepare(recipe: Recipe, results_dir: Path) -> tuple[Path, Plan, RenderedJob]:
+def prepare(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = None) -> tuple[Path, Plan, RenderedJob]:
+    """`engine`: the recipe the engines start from when it serves more points than this one's
+    (a sweep's shared engine start); the benchmark is always this recipe's."""
     results_dir = _fresh_dir(results_dir.resolve())
     plan = plan_recipe(recipe)
-    job = render(recipe, str(results_dir), plan, python=sys.executable)
+    job = render(engine or recipe, str(results_dir), plan, python=sys.executable)
     for rel, text in job.files.items():
         atomic_write(results_dir / rel, text, mode=0o755 if rel.endswith(".sh") else None)
     atomic_write(results_dir / "recipe.yaml", recipe.to_yaml())
@@ -62,11 +64,11 @@ def prepare(recipe: Recipe, results_dir: Path) -> tuple[Path, Plan, RenderedJob]
     return results_dir, plan, job
 
 
-def dry_run_text(recipe: Recipe, results_dir: Path) -> str:
+def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = None) -> str:
     """Everything `launch` would submit and run, with nothing written or submitted."""
     plan = plan_recipe(recipe)
     job_dir = str(results_dir)
-    job = render(recipe, job_dir, plan, python=sys.executable)
+    job = render(engine or recipe, job_dir, plan, python=sys.executable)
     out = [f"# inferx-slurm launch --dry-run: {recipe.name} ({plan.topology})", "", format_plan(plan), ""]
     out += ["# ---- sbatch script (submitted through submitit) ----", sbatch_script(recipe, plan, f"{job_dir}/submitit")]
     out += [
@@ -93,8 +95,11 @@ def dry_run_text(recipe: Recipe, results_dir: Path) -> str:
 class JobHandle:
     """A submitted deployment. Wait for it, follow its logs, cancel it, read its results."""
 
-    def __init__(self, job_id: str, results_dir: Path, *, env: Optional[dict[str, str]] = None, job: Any = None):
+    def __init__(self, job_id: str, results_dir: Path, *, env: Optional[dict[str, str]] = None, job: Any = None,
+                 shared: bool = False):
         self.job_id = str(job_id)
+        # A packed deployment shares its job with others: its end is its own status, not the job's.
+        self.shared = shared
         self.results_dir = Path(results_dir)
         self.env = env
         self._job = job
@@ -131,7 +136,7 @@ class JobHandle:
                 on_status(st)
                 last_phase = st.get("phase")
             if st["slurm_state"] in ENDED_STATES or st.get("phase") in ("done", "failed"):
-                if st.get("phase") in ("done", "failed") and st["slurm_state"] not in ENDED_STATES:
+                if st.get("phase") in ("done", "failed") and st["slurm_state"] not in ENDED_STATES and not self.shared:
                     # The driver has finished its work; give Slurm a moment to record the end.
                     self._wait_slurm_end(10)
                     st = self.status()
@@ -195,11 +200,18 @@ def submit(recipe: Recipe, results_dir: Optional[Path] = None, *, env: Optional[
     return submit_many([(recipe, results_dir or default_results_dir(recipe))], env=env, force=force)[0]
 
 
+def require_sbatch(env: dict[str, str]) -> None:
+    if not shutil.which("sbatch", path={**os.environ, **env}.get("PATH")):
+        raise SubmitError("sbatch not found: run on a Slurm login node, submit with --remote USER@LOGIN, "
+                          "or start the local cluster (inferx-slurm local-cluster up)")
+
+
 def submit_many(
     deployments: list[tuple[Recipe, Path]], *, env: Optional[dict[str, str]] = None, array_name: Optional[str] = None,
-    force: bool = False,
+    arrays: bool = True, engines: Optional[list[Recipe]] = None, force: bool = False,
 ) -> list[JobHandle]:
-    """Submit several deployments; those that need the same allocation go as one Slurm job array.
+    """Submit several deployments; those that need the same allocation go as one Slurm job array
+    (with `arrays=False`, each as its own job).
 
     Every deployment is checked before the first is staged or submitted, so a sweep with one
     bad point submits nothing.
@@ -211,19 +223,18 @@ def submit_many(
     env = env or {}
     for recipe, _ in deployments:
         check_feasible(recipe, force=force)
-    if not shutil.which("sbatch", path={**os.environ, **env}.get("PATH")):
-        raise SubmitError("sbatch not found: run on a Slurm login node, submit with --remote USER@LOGIN, "
-                          "or start the local cluster (inferx-slurm local-cluster up)")
+    require_sbatch(env)
     prepared = []
-    for recipe, results_dir in deployments:
+    for i, (recipe, results_dir) in enumerate(deployments):
         recipe = stage_model_for(recipe)
-        results_dir, plan, _ = prepare(recipe, results_dir)
+        engine = stage_model_for(engines[i]) if engines else None
+        results_dir, plan, _ = prepare(recipe, results_dir, engine)
         import_image_for(recipe, results_dir)
         prepared.append((recipe, results_dir, executor_params(recipe, plan)))
     groups: dict[str, list[tuple[Recipe, Path, dict[str, Any]]]] = {}
-    for item in prepared:
+    for i, item in enumerate(prepared):
         shape = {k: v for k, v in item[2].items() if k != "job_name"}
-        groups.setdefault(repr(sorted(shape.items())), []).append(item)
+        groups.setdefault(repr(sorted(shape.items())) if arrays else str(i), []).append(item)
 
     handles = []
     for items in groups.values():
@@ -307,4 +318,5 @@ def attach(results_dir: str | Path, env: Optional[dict[str, str]] = None) -> Job
     job = results_dir / "job.json"
     if not job.exists():
         raise InferxError(f"{results_dir} holds no submitted job (no job.json); pass a results dir that `launch` made")
-    return JobHandle(read_json(job)["job_id"], results_dir, env=env)
+    doc = read_json(job)
+    return JobHandle(doc["job_id"], results_dir, env=env, shared="pack" in doc)

@@ -126,11 +126,12 @@ def _unique(values: list[Any]) -> Any:
     return decoded[0] if len(decoded) == 1 else decoded
 
 
-def finalize(job_dir: Path, hosts: list[str]) -> dict[str, Any]:
-    """Complete provenance.json inside the allocation, from Slurm's environment and the workers' reports."""
+def finalize(job_dir: Path, hosts: list[str], reports: Optional[Path] = None) -> dict[str, Any]:
+    """Complete provenance.json inside the allocation, from Slurm's environment and the workers'
+    reports (in `reports`, the dir of the engines this deployment ran on; its own by default)."""
     doc = load(job_dir) or {"inferx_slurm_version": __version__}
     workers: dict[str, Any] = {}
-    for p in sorted((job_dir / "provenance").glob("*.json")):
+    for p in sorted((reports or job_dir / "provenance").glob("*.json")):
         try:
             workers[p.stem] = read_json(p)
         except (OSError, ValueError):

@@ -10,6 +10,8 @@ from pathlib import Path
 from ..errors import InferxError
 from ..launcher import JobHandle, attach
 from ..results import format_table
+from ..sweep_state import MANIFEST, format_progress, progress
+from ..sweep_state import rows as sweep_rows
 
 
 def find_job(ref: str) -> JobHandle:
@@ -29,11 +31,15 @@ def find_job(ref: str) -> JobHandle:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    refs = [args.ref] if args.ref else [str(p.parent) for p in sorted(Path("results").glob("*/job.json"))]
+    refs = [args.ref] if args.ref else [str(p.parent) for p in sorted([*Path("results").glob("*/job.json"),
+                                                                       *Path("results").glob(f"*/{MANIFEST}")])]
     if not refs:
         print("no jobs under ./results")
         return 0
     for ref in refs:
+        if (Path(ref) / MANIFEST).exists():
+            _sweep_status(Path(ref), args, detail=bool(args.ref))
+            continue
         h = find_job(ref)
         st = h.status()
         if args.json:
@@ -45,6 +51,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.ref and (h.results_dir / "summary.json").exists():
             print(format_table(h.results()["rows"]))
     return 0
+
+
+def _sweep_status(root: Path, args: argparse.Namespace, detail: bool) -> None:
+    p = progress(root)
+    if args.json:
+        print(json.dumps({"sweep": str(root), **p}))
+        return
+    print(f"sweep {root}: {format_progress(p)}")
+    if not detail:
+        return
+    for run in sorted(q.parent for q in root.glob("*/job.json")):
+        h = attach(run)
+        st = h.status()
+        print(f"{h.job_id:>10}  {st['slurm_state']:<10} {st.get('phase', '-'):<12} {run.name}")
+    print(format_table(sweep_rows(root)))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

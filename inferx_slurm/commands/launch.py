@@ -5,21 +5,28 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
-from ..errors import RecipeError
-from ..launcher import RunError, default_results_dir, dry_run_text, submit_many
+from ..launcher import ENDED_STATES, RunError, default_results_dir, dry_run_text, submit_many
+from ..packing import hms, pack_seconds
 from ..recipe import Recipe
 from ..results import format_table, served_line
-from ..sweep import Deployment, expand
+from ..sweep import expand
+from ..sweep_state import MANIFEST, done_points, format_progress, progress
+from ..sweep_state import rows as sweep_rows
+from ..sweep_submit import fit_deployments, plan_sweep, submit_sweep, sweep_mode
 from .remote import add_remote_args, remote_from_args
 
 
 def run(args: argparse.Namespace) -> int:
     recipe = Recipe.load(args.recipe)
+    mode = "packed" if args.pack else args.mode
+    if recipe.sweep is not None or mode or args.resume:
+        return _run_sweep(args, recipe, mode)
     deployments = expand(recipe)
-    # Every deployment of a sweep is checked before anything is staged, submitted or uploaded.
-    deployments = _memory_checked(deployments, dry_run=args.dry_run, force=args.force, sweep=recipe.sweep is not None)
+    # Checked before anything is staged, submitted or uploaded.
+    deployments = fit_deployments(deployments, dry_run=args.dry_run, force=args.force)
     if args.remote:
         passthrough = [*(["--dry-run"] if args.dry_run else []), *(["--wait"] if args.wait else []),
                        *(["--force"] if args.force else []),
@@ -43,35 +50,87 @@ def run(args: argparse.Namespace) -> int:
     return _wait_all(handles)
 
 
-def _memory_checked(deployments: list[Deployment], *, dry_run: bool, force: bool, sweep: bool) -> list[Deployment]:
-    """No KV room anywhere: exit 2. Points beyond KV capacity: a warning for a dry run or with
-    --force; otherwise refused for one deployment, skipped (and listed) in a sweep."""
-    from ..feasibility import footprint, plan_memory, raise_errors, require_fit
+def _run_sweep(args: argparse.Namespace, recipe: Recipe, mode: str | None) -> int:
+    m = sweep_mode(recipe, mode)
+    resume = Path(args.resume) if args.resume else None
+    done = frozenset(done_points(resume)) if resume and (resume / MANIFEST).exists() else frozenset()
+    deployments, packs = plan_sweep(recipe, m, done, dry_run=args.dry_run, force=args.force)
+    if args.remote:
+        passthrough = [*(["--dry-run"] if args.dry_run else []), *(["--wait"] if args.wait else []),
+                       *(["--force"] if args.force else []),
+                       *(["--results-dir", args.results_dir] if args.results_dir else []),
+                       *(["--mode", m.value]), *(["--resume", args.resume] if args.resume else [])]
+        return remote_from_args(args).launch(recipe, passthrough)
+    if args.dry_run:
+        root = Path(args.results_dir or args.resume or f"results/{recipe.name}").resolve()
+        if packs:
+            sys.stdout.write(pack_plan_text(recipe, packs))
+            for p in packs:
+                for s in p.starts:
+                    for d in s.deployments:
+                        sys.stdout.write(dry_run_text(d.recipe, root / d.name, engine=s.engine))
+        else:
+            for d in deployments:
+                sys.stdout.write(dry_run_text(d.recipe, root / d.name))
+        return 0
+    root, handles = submit_sweep(recipe, Path(args.results_dir) if args.results_dir else None, mode=m.value, resume=resume,
+                                 force=args.force)
+    print(f"sweep {recipe.name} ({m.value}): results root {root}", flush=True)
+    if not handles:
+        print("every point of the sweep is already done; nothing submitted")
+    for h in handles:
+        print(f"submitted {h.results_dir.name}: job {h.job_id}, results in {h.results_dir}", flush=True)
+    if not args.wait:
+        return 0
+    return _wait_sweep(root, handles)
 
-    fp = footprint(deployments[0].recipe)  # one model for every deployment: read its headers once
-    plans = [plan_memory(d.recipe, fp) for d in deployments]
-    raise_errors([e for mp in plans if mp for e in mp.errors], str(deployments[0].recipe.topology))
-    kept = []
-    for d, mp in zip(deployments, plans):
-        over = mp.over_capacity if mp else []
-        if not over or dry_run or force:
-            for w in mp.warnings if mp else []:
-                print(f"warning: {d.name}: {w}", file=sys.stderr)
-            kept.append(d)
-            continue
-        if not sweep:
-            require_fit(d.recipe, mp=mp)
-        bad = sorted({c for _, c in over})
-        for w in mp.warnings:
-            print(f"skipping: {d.name}: {w}", file=sys.stderr)
-        left = [c for c in d.concurrency if c not in bad]
-        if left:
-            bench = d.recipe.benchmark.model_copy(update={"concurrency": left})
-            kept.append(d.model_copy(update={"concurrency": left, "recipe": d.recipe.model_copy(update={"benchmark": bench})}))
-    if not kept:
-        raise RecipeError("sweep", "", "every point is beyond KV capacity; lower the concurrency, widen the workers, "
-                          "or pass --force to run them anyway")
-    return kept
+
+def pack_plan_text(recipe: Recipe, packs: list) -> str:
+    out = ["# packed sweep: one allocation per shape, deployments one after another"]
+    for p in packs:
+        out.append(f"# allocation {p.index}: {p.nodes} nodes, about {hms(pack_seconds(recipe, p))} needed "
+                   f"of slurm.time {recipe.slurm.time}, {len(p.starts)} engine starts")
+        for k, s in enumerate(p.starts):
+            out.append(f"#   engine start {k}: " + ", ".join(f"{d.name} ({len(d.recipe.benchmark.concurrency)} points)" for d in s.deployments))
+    return "\n".join(out) + "\n\n"
+
+
+def _wait_sweep(root: Path, handles: list) -> int:
+    def cancel(signum, _frame):
+        for job_id in sorted({h.job_id.split("_")[0] for h in handles}):
+            next(h for h in handles if h.job_id.split("_")[0] == job_id).cancel()
+        print(f"\ncancelling the sweep's jobs ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+
+    old = {s: signal.signal(s, cancel) for s in (signal.SIGINT, signal.SIGTERM)}
+    last = None
+    try:
+        while True:
+            p = progress(root)
+            shown = (p["done"], p["running"], p["left"], tuple(p["failed_runs"]))
+            if shown != last:
+                print(format_progress(p), flush=True)
+                last = shown
+            if all(_finished(h) for h in handles):
+                break
+            time.sleep(2)
+    finally:
+        for s, f in old.items():
+            signal.signal(s, f)
+    rc = 0
+    for h in handles:
+        st = h.status()
+        if st.get("phase") != "done":
+            rc = 1
+            diag = st.get("diagnosis") or f"ended {st.get('slurm_state')} before it ran (phase {st.get('phase')})"
+            print(f"{h.results_dir.name} FAILED:\n{diag}", file=sys.stderr, flush=True)
+    print(format_table(sweep_rows(root)))
+    print(f"results: {root}/*/summary.json; re-run with --resume {root} to run what is not done")
+    return rc
+
+
+def _finished(h) -> bool:
+    st = h.status()
+    return st.get("phase") in ("done", "failed") or st["slurm_state"] in ENDED_STATES
 
 
 def _wait_all(handles: list) -> int:
@@ -111,5 +170,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="run benchmark points beyond a role's KV capacity (refused, or skipped in a sweep, without it)")
     p.add_argument("--results-dir", metavar="DIR", help="where results go (default: results/NAME-TIMESTAMP)")
+    p.add_argument("--mode", choices=["array", "jobs", "packed"], help="how a sweep goes to Slurm (default: the recipe's sweep.mode)")
+    p.add_argument("--pack", action="store_true", help="same as --mode packed: deployments one after another in one allocation")
+    p.add_argument("--resume", metavar="ROOT", help="a sweep's results root: run only the points not complete there")
     add_remote_args(p)
     p.set_defaults(func=run)

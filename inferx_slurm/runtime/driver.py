@@ -48,6 +48,9 @@ class Driver:
         self._cancel: Optional[str] = None
         self._client: Optional[subprocess.Popen] = None
         self.stop_at: Optional[float] = None
+        # Where the running engines' logs are: this dir, or the one whose bring-up this
+        # deployment shares (packed sweeps).
+        self.engine_dir = job_dir
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
@@ -78,21 +81,42 @@ class Driver:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
             signal.signal(sig, self._on_signal)
         try:
-            self.status("starting")
-            self._resolve_nodes()
-            self._start_infra()
-            self._start_engines()
-            self._wait_ready()
-            self.status("benchmarking")
-            self._benchmark()
+            self.bring_up()
+            self.measure()
         except _FaultRaised as f:
             return self._fail(f.fault)
         except Exception as e:  # a bug here must still leave a diagnosis and no steps behind
-            return self._fail(Fault("internal", None, f"driver error: {e!r}; see {self.dir}/submitit for the traceback."))
+            return self.fail_internal(e)
         finally:
-            self._stop_client()
-            stop_all(self.steps)
-            self._record_provenance()
+            self.teardown()
+        return self.finish()
+
+    # The pieces of a run, also driven one deployment after another by a packed sweep.
+
+    def bring_up(self) -> None:
+        self.status("starting")
+        self._resolve_nodes()
+        self._start_infra()
+        self._start_engines()
+        self._wait_ready()
+
+    def adopt(self, other: "Driver") -> None:
+        """Benchmark on the engines `other` brought up (same engine args), instead of a new start."""
+        self.hosts, self.addrs, self.stop_at = other.hosts[: self.plan.total_nodes], other.addrs, other.stop_at
+        self.node_watch, self.steps, self.engine_dir = other.node_watch, other.steps, other.engine_dir
+        self.event("engines shared", engine_dir=str(self.engine_dir))
+        self.status("ready", engine_dir=str(self.engine_dir))
+
+    def measure(self) -> None:
+        self.status("benchmarking")
+        self._benchmark()
+
+    def teardown(self) -> None:
+        self._stop_client()
+        stop_all(self.steps)
+
+    def finish(self) -> dict[str, Any]:
+        self._record_provenance()
         self.write_summary(partial=False)
         self.event("done")
         self.status("done")
@@ -100,9 +124,12 @@ class Driver:
 
     def _record_provenance(self) -> None:
         try:
-            provenance.finalize(self.dir, self.hosts)
+            provenance.finalize(self.dir, self.hosts, reports=self.engine_dir / "provenance")
         except Exception as e:  # provenance must never turn a good run into a failed one
             print(f"[inferx] provenance not recorded: {e!r}", flush=True)
+
+    def fail_internal(self, e: Exception) -> dict[str, Any]:
+        return self._fail(Fault("internal", None, f"driver error: {e!r}; see the job's submitit dir for the traceback."))
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -118,6 +145,7 @@ class Driver:
         self.event("failed", kind=fault.kind)
         self.status("failed", fault=fault.kind, diagnosis=text, fault_at=fault.at)
         print(f"[inferx] FAILED: {text}", flush=True)
+        self._record_provenance()
         raise RunFailed(text)
 
     def _resolve_nodes(self) -> None:
@@ -233,7 +261,7 @@ class Driver:
                 row = summarize(doc, isl=scen.isl, osl=scen.osl, concurrency=conc,
                                 prefill_gpus=self.plan.prefill_gpus, decode_gpus=self.plan.decode_gpus,
                                 expected_requests=b.requests_for(conc))
-                row.update(gpu_metrics(self.dir / "logs", self.hosts, *profiling_window(doc)))
+                row.update(gpu_metrics(self.engine_dir / "logs", self.hosts, *profiling_window(doc)))
                 self.rows.append(row)
                 self.write_summary(partial=True)
 
