@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from .errors import InferxError
 from .fsutil import atomic_write_json, read_json
@@ -54,8 +54,8 @@ def _row_done(row: dict[str, Any]) -> bool:
     return int(row.get("completed") or 0) > 0 and int(row.get("failed") or 0) == 0
 
 
-def done_points(root: Path) -> set[Point]:
-    done: set[Point] = set()
+def _done_rows(root: Path) -> Iterator[tuple[Point, str, dict[str, Any]]]:
+    """Every completed row of every run under the root, oldest run first."""
     for run in _runs(root):
         summary = run / "summary.json"
         if not summary.exists():
@@ -63,8 +63,11 @@ def done_points(root: Path) -> set[Point]:
         topo = read_json(run / "recipe.json")["topology"]
         for row in read_json(summary).get("rows", []):
             if _row_done(row):
-                done.add((topo, int(row["isl"]), int(row["osl"]), int(row["concurrency"])))
-    return done
+                yield (topo, int(row["isl"]), int(row["osl"]), int(row["concurrency"])), topo, row
+
+
+def done_points(root: Path) -> set[Point]:
+    return {p for p, _, _ in _done_rows(root)}
 
 
 def remaining(d: Deployment, done: set[Point]) -> Optional[Deployment]:
@@ -81,15 +84,7 @@ def remaining(d: Deployment, done: set[Point]) -> Optional[Deployment]:
 
 def rows(root: Path) -> list[dict[str, Any]]:
     """One row per done point (the latest run's), in the manifest's order."""
-    best: dict[Point, dict[str, Any]] = {}
-    for run in _runs(root):
-        summary = run / "summary.json"
-        if not summary.exists():
-            continue
-        topo = read_json(run / "recipe.json")["topology"]
-        for row in read_json(summary).get("rows", []):
-            if _row_done(row):
-                best[(topo, int(row["isl"]), int(row["osl"]), int(row["concurrency"]))] = {"topology": topo, **row}
+    best = {p: {"topology": topo, **row} for p, topo, row in _done_rows(root)}
     order = [tuple(p) for p in read_manifest(root)["points"]]
     return [best[p] for p in order if p in best]  # type: ignore[index]
 

@@ -116,17 +116,17 @@ def test_beyond_kv_capacity_warns_in_plan_and_dry_run_refused_by_launch(tmp_path
 
 
 def test_sweep_lists_and_skips_points_beyond_capacity(tmp_path, m3, capsys):
-    from inferx_slurm.commands.launch import _memory_checked
+    from inferx_slurm.sweep_submit import fit_deployments
 
     path = write_recipe(tmp_path, m3, "h200", "1P1D TEP8->DEP8", [64, 2048],
                         sweep={"topologies": ["1P1D TEP8->DEP8", "1P1D TEP8"], "concurrency": [64, 2048]})
     deps = expand(Recipe.load(path))
-    kept = _memory_checked(deps, dry_run=False, force=False, sweep=True)
+    kept = fit_deployments(deps, dry_run=False, force=False, sweep=True)
     err = capsys.readouterr().err
     assert [d.concurrency for d in kept] == [[64], [64]]
     assert [d.recipe.benchmark.concurrency for d in kept] == [[64], [64]]
     assert err.count("skipping:") >= 2 and "concurrency 2048" in err
-    assert [d.concurrency for d in _memory_checked(deps, dry_run=False, force=True, sweep=True)] == [[64, 2048], [64, 2048]]
+    assert [d.concurrency for d in fit_deployments(deps, dry_run=False, force=True, sweep=True)] == [[64, 2048], [64, 2048]]
 
 
 def test_recipe_split_matches_the_checkpoint(m3):
