@@ -42,7 +42,10 @@ class Checkpoint:
 def read_checkpoint(path: str | Path) -> Optional[Checkpoint]:
     """The checkpoint at `path`, or None when `path` is no local dir holding safetensors shards."""
     root = Path(path)
-    if not root.is_dir():
+    try:
+        if not root.is_dir():
+            return None
+    except OSError:  # a name too long for this filesystem: a repo id or a typo, nothing local
         return None
     shards = _shard_files(root)
     if not shards:

@@ -30,6 +30,8 @@ from .errors import RecipeError
 from .topology import Topology
 
 ROLES = ("prefill", "decode")
+# A petabyte: any larger size is a typo, and would overflow byte counts in the memory planner.
+MAX_GB = 1_000_000
 ArgValue = Union[str, int, float, bool, None, list, dict]
 
 
@@ -49,11 +51,11 @@ class ModelMemory(_Strict):
     `format` and the profile's native formats.
     """
 
-    expert_gb: float = Field(ge=0, description="routed MoE experts: sharded over all GPUs of a worker (EP, or TP without EP)")
+    expert_gb: float = Field(ge=0, le=MAX_GB, description="routed MoE experts: sharded over all GPUs of a worker (EP, or TP without EP)")
     dense_gb: float = Field(
-        ge=0, description="attention, shared experts, dense MLPs, norms, routers: sharded over TP, replicated on every DP rank"
+        ge=0, le=MAX_GB, description="attention, shared experts, dense MLPs, norms, routers: sharded over TP, replicated on every DP rank"
     )
-    embed_gb: float = Field(0, ge=0, description="input embeddings + LM head: sharded over TP, replicated on every DP rank")
+    embed_gb: float = Field(0, ge=0, le=MAX_GB, description="input embeddings + LM head: sharded over TP, replicated on every DP rank")
     format: WeightFormat = Field(description="storage format of the expert and dense weights (e.g. mxfp8, fp8, nvfp4, bf16)")
     embed_format: WeightFormat = Field("bf16", description="storage format of the embeddings and LM head")
     config: dict[str, Any] = Field(
@@ -71,7 +73,7 @@ class ModelSpec(_Strict):
         None, description="shared dir to stage the checkpoint into once, under a lock, before serving offline"
     )
     weights_gb: Optional[float] = Field(
-        None, gt=0, description="checkpoint size in GB, when neither a local checkpoint nor model.memory says more: "
+        None, gt=0, le=MAX_GB, description="checkpoint size in GB, when neither a local checkpoint nor model.memory says more: "
         "the memory check then spreads it over each worker's GPUs (a lower bound)"
     )
     memory: Optional[ModelMemory] = Field(
@@ -122,7 +124,7 @@ class SlurmSpec(_Strict):
         60, ge=0, description="end the run cleanly (partial results, logs, diagnosis) this long before the time limit"
     )
     gpus_per_node: Optional[int] = Field(None, ge=1, le=16, description="defaults to the profile's value")
-    gpu_memory_gb: Optional[float] = Field(None, gt=0, description="memory of one GPU; defaults to the profile's value")
+    gpu_memory_gb: Optional[float] = Field(None, gt=0, le=MAX_GB, description="memory of one GPU; defaults to the profile's value")
     exclusive: bool = True
     segment: Optional[int] = Field(None, ge=1, description="GB200 NVL72: nodes per NVLink segment (--segment)")
     job_name: Optional[str] = None
