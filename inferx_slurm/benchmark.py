@@ -57,12 +57,13 @@ def _stat(export: dict[str, Any], key: str, field: str = "avg") -> Optional[floa
 
 def summarize(
     export: dict[str, Any], *, isl: int, osl: int, concurrency: int, prefill_gpus: int, decode_gpus: int,
-    expected_requests: int,
+    expected_requests: int, agg_gpus: int = 0,
 ) -> dict[str, Any]:
     """One results row in the field names the InferenceX results pipeline uses.
 
-    Throughput per GPU divides by every GPU of the deployment (prefill + decode); output
-    throughput per GPU by decode GPUs; input throughput per GPU by prefill GPUs.
+    Throughput per GPU divides by every GPU of the deployment (prefill + decode, or the
+    aggregated workers'); output throughput per GPU by decode GPUs and input throughput per
+    GPU by prefill GPUs, or both by the aggregated GPUs, which do both.
     """
     out_tput = _stat(export, "output_token_throughput") or 0.0
     in_tput = _stat(export, "input_token_throughput")
@@ -82,11 +83,12 @@ def summarize(
         "concurrency": concurrency,
         "num_prefill_gpu": prefill_gpus,
         "num_decode_gpu": decode_gpus,
+        **({"num_agg_gpu": agg_gpus} if agg_gpus else {}),
         "total_token_throughput": total,
         "output_throughput": out_tput,
-        "tput_per_gpu": total / (prefill_gpus + decode_gpus),
-        "output_tput_per_gpu": out_tput / decode_gpus,
-        "input_tput_per_gpu": in_tput / prefill_gpus,
+        "tput_per_gpu": total / (prefill_gpus + decode_gpus + agg_gpus),
+        "output_tput_per_gpu": out_tput / (decode_gpus or agg_gpus),
+        "input_tput_per_gpu": in_tput / (prefill_gpus or agg_gpus),
         "mean_ttft_ms": _stat(export, "time_to_first_token"),
         "median_ttft_ms": _stat(export, "time_to_first_token", "p50"),
         "p99_ttft_ms": _stat(export, "time_to_first_token", "p99"),

@@ -58,6 +58,8 @@ class CIEnv:
     result_filename: Optional[str] = None
     out_dir: Optional[str] = None
     labels: dict[str, Any] = field(default_factory=dict)
+    disagg: Optional[bool] = None  # DISAGG, checked against the recipe's topology
+    spec_decoding: Optional[str] = None  # SPEC_DECODING, checked against the recipe's speculative method
 
 
 def _get(env: Mapping[str, str], name: str) -> Optional[str]:
@@ -112,6 +114,22 @@ def role_spec(env: Mapping[str, str], role: str) -> Optional[tuple[int, str]]:
     if ep == tp:
         return workers, f"TEP{tp}"
     raise RecipeError(f"{p}_EP", str(ep), f"expected 1 (TP{tp}) or {p}_TP={tp} (TEP{tp}); other EP sizes have no topology here")
+
+
+# InferenceX's spec-decoding labels; the recipe's speculative.method must agree.
+SPEC_DECODING = ("none", "mtp", "eagle3", "eagle", "ngram")
+
+
+def check_against_recipe(env: CIEnv, recipe: Any) -> None:
+    """DISAGG and SPEC_DECODING label the results; a label the recipe does not serve is refused."""
+    if env.disagg is not None and env.disagg == recipe.topology.aggregated:
+        raise RecipeError("DISAGG", str(env.disagg).lower(), f"contradicts the recipe's topology {recipe.topology}: "
+                          f"set DISAGG={'false' if recipe.topology.aggregated else 'true'}, or unset")
+    if env.spec_decoding is not None:
+        have = recipe.speculative.method.value if recipe.speculative else "none"
+        if env.spec_decoding != have:
+            raise RecipeError("SPEC_DECODING", env.spec_decoding, f"the recipe serves speculative decoding {have!r} "
+                              "(its speculative: section): set SPEC_DECODING to that, or unset")
 
 
 def from_environ(env: Mapping[str, str]) -> CIEnv:
@@ -170,10 +188,14 @@ def from_environ(env: Mapping[str, str]) -> CIEnv:
 
     if (disagg := _bool(env, "DISAGG")) is not None:
         use("DISAGG")
-        if not disagg:
-            raise RecipeError("DISAGG", env.get("DISAGG"), "inferx-slurm serves disaggregated prefill/decode: expected true, or unset")
-    if (spec := use("SPEC_DECODING")) is not None and spec.lower() != "none":
-        raise RecipeError("SPEC_DECODING", spec, "speculative decoding is not supported here: expected none, or unset")
+        if not disagg and prefill:
+            raise RecipeError("DISAGG", env.get("DISAGG"), "false contradicts PREFILL_*/DECODE_*: unset those for an "
+                              "aggregated recipe, or set DISAGG=true")
+        out.disagg = disagg
+    if (spec := use("SPEC_DECODING")) is not None:
+        if spec.lower() not in SPEC_DECODING:
+            raise RecipeError("SPEC_DECODING", spec, f"expected one of {', '.join(SPEC_DECODING)}")
+        out.spec_decoding = spec.lower()
 
     if (part := use("SLURM_PARTITION")) is not None:
         out.sets["slurm.partition"] = part

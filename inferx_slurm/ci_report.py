@@ -67,11 +67,13 @@ def _role_fields(topo: Topology, role: str) -> dict[str, Any]:
     r = topo.role(role)
     par = r.parallel
     # InferenceX writes DEP8 as tp 8, ep 8, dp-attention true: "tp" is the worker's width.
+    # Its single-node (aggregated) records carry the same fields without a role prefix.
+    pre = "" if role == "agg" else f"{role}_"
     return {
-        f"{role}_tp": par.size,
-        f"{role}_ep": par.size if par.kind in (ParallelKind.TEP, ParallelKind.DEP) else 1,
-        f"{role}_dp_attention": "true" if par.kind is ParallelKind.DEP else "false",
-        f"{role}_num_workers": r.workers,
+        f"{pre}tp": par.size,
+        f"{pre}ep": par.size if par.kind in (ParallelKind.TEP, ParallelKind.DEP) else 1,
+        f"{pre}dp_attention": "true" if par.kind is ParallelKind.DEP else "false",
+        f"{pre}num_workers": r.workers,
     }
 
 
@@ -82,9 +84,11 @@ def _s(ms: Any) -> Optional[float]:
 def point_name(prefix: str, row: dict[str, Any], topo: Topology) -> str:
     """`PREFIX_isl_I_osl_O_concN_gpus_G_ctx_P_gen_D.json`, the layout InferenceX's multi-node
     runners leave in the workspace (ctx/gen: prefill/decode worker counts)."""
-    gpus = int(row["num_prefill_gpu"]) + int(row["num_decode_gpu"])
-    return (f"{prefix}_isl_{row['isl']}_osl_{row['osl']}_conc{row['concurrency']}_gpus_{gpus}"
-            f"_ctx_{topo.prefill.workers}_gen_{topo.decode.workers}.json")
+    gpus = int(row["num_prefill_gpu"]) + int(row["num_decode_gpu"]) + int(row.get("num_agg_gpu") or 0)
+    head = f"{prefix}_isl_{row['isl']}_osl_{row['osl']}_conc{row['concurrency']}_gpus_{gpus}"
+    if topo.aggregated:
+        return f"{head}_agg_{topo.role('agg').workers}.json"
+    return f"{head}_ctx_{topo.role('prefill').workers}_gen_{topo.role('decode').workers}.json"
 
 
 def raw_result(row: dict[str, Any], *, model: str, job_id: Optional[str]) -> dict[str, Any]:
@@ -108,7 +112,7 @@ def raw_result(row: dict[str, Any], *, model: str, job_id: Optional[str]) -> dic
 
 
 def agg_result(row: dict[str, Any], *, topo: Topology, total_nodes: int, labels: dict[str, Any],
-               framework: str, model: str, image: Optional[str]) -> dict[str, Any]:
+               framework: str, model: str, image: Optional[str], spec_decoding: Optional[str] = None) -> dict[str, Any]:
     """The aggregated per-point record InferenceX uploads (`agg_*.json`): throughput per GPU,
     latencies in seconds, interactivity in tokens/s/user."""
     median_tpot = row.get("median_tpot_ms")
@@ -120,13 +124,12 @@ def agg_result(row: dict[str, Any], *, topo: Topology, total_nodes: int, labels:
         "infmax_model_prefix": labels.get("infmax_model_prefix"),
         "framework": framework,
         "precision": labels.get("precision"),
-        "spec_decoding": "none",
-        "disagg": True,
+        "spec_decoding": spec_decoding or "none",
+        "disagg": not topo.aggregated,
         "is_multinode": total_nodes > 1,
         "isl": row["isl"],
         "osl": row["osl"],
-        **_role_fields(topo, "prefill"),
-        **_role_fields(topo, "decode"),
+        **{k: v for r in topo.roles for k, v in _role_fields(topo, r).items()},
         "num_prefill_gpu": row["num_prefill_gpu"],
         "num_decode_gpu": row["num_decode_gpu"],
         "tput_per_gpu": row.get("tput_per_gpu"),
@@ -141,6 +144,8 @@ def agg_result(row: dict[str, Any], *, topo: Topology, total_nodes: int, labels:
         "median_intvty": (1000.0 / median_tpot) if median_tpot else None,
         "avg_power_w": row.get("avg_gpu_power_w"),
     }
+    if row.get("acceptance_length") is not None:
+        doc["spec_acceptance_length"] = row["acceptance_length"]
     if labels.get("exp_name"):
         doc["exp_name"] = labels["exp_name"]
     return doc

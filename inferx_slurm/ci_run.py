@@ -12,7 +12,7 @@ from . import ci_report as cr
 from . import provenance
 from .archive import write_archive
 from .baseline import DEFAULT_THRESHOLDS, gate, load_rows
-from .ci_env import CIEnv, check_image_runtime, from_environ
+from .ci_env import CIEnv, check_against_recipe, check_image_runtime, from_environ
 from .errors import InferxError, RecipeError
 from .fsutil import atomic_write_json, read_json
 from .recipe import Recipe
@@ -40,6 +40,7 @@ def _prepare(opts: CIOptions, env: CIEnv) -> Recipe:
     sets = {**env.sets, **opts.sets}  # --set wins over the environment
     check_image_runtime(sets, recipe.container.runtime.value)
     recipe = recipe.with_overrides(sets) if sets else recipe
+    check_against_recipe(env, recipe)
     if len(expand(recipe)) > 1:
         raise RecipeError("sweep", recipe.name, "ci runs one deployment per CI job (the CI matrix is the sweep): "
                           "remove the recipe's sweep: section or narrow it to one topology and scenario")
@@ -155,14 +156,16 @@ def _write_results(rows: list[dict[str, Any]], recipe: Recipe, env: CIEnv, plan:
                    job_id: Optional[str]) -> list[str]:
     topo = Topology.parse(str(recipe.topology))
     prefix = env.result_filename or recipe.name
-    framework = env.used.get("FRAMEWORK") or f"dynamo-{recipe.engine.backend.value}"
+    backend = recipe.engine.backend.value
+    framework = env.used.get("FRAMEWORK") or (backend if recipe.frontend.server == "engine" else f"dynamo-{backend}")
+    spec = recipe.speculative.method.value if recipe.speculative else None
     written = []
     for row in rows:
         name = cr.point_name(prefix, row, topo)
         atomic_write_json(out_dir / name, cr.raw_result(row, model=recipe.model.name, job_id=job_id))
         atomic_write_json(out_dir / f"agg_{name}", cr.agg_result(
             row, topo=topo, total_nodes=int(plan.get("total_nodes") or 1), labels=env.labels, framework=framework,
-            model=recipe.model.name, image=recipe.container.image))
+            model=recipe.model.name, image=recipe.container.image, spec_decoding=spec))
         written += [str(out_dir / name), str(out_dir / f"agg_{name}")]
     return written
 

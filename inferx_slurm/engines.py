@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict
 
@@ -70,7 +70,7 @@ def cuda_graph_sizes(max_concurrency: int) -> list[int]:
 
 
 def block_size(recipe: Recipe) -> int:
-    for args in (recipe.engine.decode.args, recipe.engine.prefill.args, recipe.engine.args):
+    for args in (recipe.engine.decode.args, recipe.engine.prefill.args, recipe.engine.agg.args, recipe.engine.args):
         for key in ("block-size", "page-size", "tokens-per-block"):
             v = args.get(key)
             if v is not None and v is not False:  # the recipe checked it is a whole number >= 1
@@ -116,12 +116,14 @@ INFRA_ADDR = "${INFRA_ADDR}"
 def _vllm(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[str, ArgValue]:
     par = Parallelism.parse(w.parallel)
     scen_len = max(max_model_len(s.isl, s.osl, block_size(recipe)) for s in recipe.benchmark.scenarios)
-    d: dict[str, ArgValue] = {
-        "model": recipe.model.path,
-        "served-model-name": recipe.model.name,
-        "disaggregation-mode": w.role,
-        "tensor-parallel-size": par.tp,
-    }
+    # `vllm serve` takes the model as its positional argument (entry_point()).
+    d: dict[str, ArgValue] = {} if own_server(recipe) else {"model": recipe.model.path}
+    d["served-model-name"] = recipe.model.name
+    if own_server(recipe):
+        d.update({"host": "0.0.0.0", "port": recipe.frontend.http_port})
+    elif w.role != "agg":
+        d["disaggregation-mode"] = w.role
+    d["tensor-parallel-size"] = par.tp
     if par.kind is ParallelKind.DEP:
         local = len(w.slices[rank].gpus)
         d.update(
@@ -154,31 +156,51 @@ def _vllm(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[str
             )
     if rank > 0:
         d["headless"] = True
-    d.update(
-        {
-            "block-size": block_size(recipe),
-            "max-model-len": scen_len,
-            "kv-transfer-config": {"kv_connector": "NixlConnector", "kv_role": "kv_both"},
-        }
-    )
-    if w.role == "decode":
+    d.update({"block-size": block_size(recipe), "max-model-len": scen_len})
+    if w.role != "agg":
+        d["kv-transfer-config"] = {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
+    if w.role != "prefill":
         # Decode batches are sequences, so graphs keyed by concurrency cover every step;
-        # prefill batches are token chunks and gain nothing from these sizes.
-        d["compilation-config"] = {"cudagraph_capture_sizes": cuda_graph_sizes(max(recipe.benchmark.concurrency))}
+        # prefill batches are token chunks and gain nothing from these sizes. A speculative
+        # step verifies 1 + k tokens per sequence, so its batches are that much larger.
+        per_seq = 1 + (recipe.speculative.num_speculative_tokens if recipe.speculative else 0)
+        d["compilation-config"] = {"cudagraph_capture_sizes": cuda_graph_sizes(max(recipe.benchmark.concurrency) * per_seq)}
+    if recipe.speculative:
+        d["speculative-config"] = vllm_speculative_config(recipe)
     return d
+
+
+def own_server(recipe: Recipe) -> bool:
+    """The engine's own OpenAI server, not the Dynamo frontend, answers the clients."""
+    return recipe.frontend.server == "engine"
+
+
+def draft_path(recipe: Recipe) -> Optional[str]:
+    spec = recipe.speculative
+    return spec.draft_model if spec else None
+
+
+def vllm_speculative_config(recipe: Recipe) -> dict[str, Any]:
+    spec = recipe.speculative
+    assert spec is not None
+    # vLLM names the MTP method after the model family's head ("deepseek_mtp", "qwen3_next_mtp",
+    # ...) and also accepts plain "mtp", which picks the head from the model's config.
+    conf: dict[str, Any] = {"method": spec.method.value, "num_speculative_tokens": spec.num_speculative_tokens}
+    if spec.draft_model:
+        conf["model"] = spec.draft_model
+    return {**conf, **spec.config}
 
 
 def _sglang(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[str, ArgValue]:
     par = Parallelism.parse(w.parallel)
     scen_len = max(max_model_len(s.isl, s.osl, block_size(recipe)) for s in recipe.benchmark.scenarios)
     # SGLang shards attention DP inside one TP group: DEPn = tp n, dp n, dp-attention.
-    d: dict[str, ArgValue] = {
-        "model-path": recipe.model.path,
-        "served-model-name": recipe.model.name,
-        "disaggregation-mode": w.role,
-        "disaggregation-transfer-backend": "nixl",
-        "tp-size": par.size,
-    }
+    d: dict[str, ArgValue] = {"model-path": recipe.model.path, "served-model-name": recipe.model.name}
+    if own_server(recipe):
+        d.update({"host": "0.0.0.0", "port": recipe.frontend.http_port})
+    if w.role != "agg":
+        d.update({"disaggregation-mode": w.role, "disaggregation-transfer-backend": "nixl"})
+    d["tp-size"] = par.size
     if par.ep:
         d["ep-size"] = par.size
     if par.kind is ParallelKind.DEP:
@@ -186,6 +208,16 @@ def _sglang(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[s
     if w.multi_node:
         d.update({"nnodes": len(w.nodes), "node-rank": rank, "dist-init-addr": f"{LEADER_ADDR}:{w.ports.rendezvous}"})
     d.update({"page-size": block_size(recipe), "context-length": scen_len})
+    spec = recipe.speculative
+    if spec:
+        # SGLang's EAGLE path serves EAGLE, EAGLE3 and a model's own MTP head (no draft path then).
+        d.update({"speculative-algorithm": "EAGLE3" if spec.method.value == "eagle3" else
+                  "NGRAM" if spec.method.value == "ngram" else "EAGLE",
+                  "speculative-num-steps": spec.num_speculative_tokens,
+                  "speculative-eagle-topk": 1,
+                  "speculative-num-draft-tokens": spec.num_speculative_tokens + 1})
+        if spec.draft_model:
+            d["speculative-draft-model-path"] = spec.draft_model
     return d
 
 
@@ -218,7 +250,7 @@ def _mocker(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[s
     d: dict[str, ArgValue] = {
         "model-path": recipe.model.path,
         "model-name": recipe.model.name,
-        "disaggregation-mode": w.role,
+        "disaggregation-mode": w.role,  # prefill, decode or agg
         "block-size": block_size(recipe),
     }
     if par.dp > 1:
@@ -242,16 +274,45 @@ def node_commands(recipe: Recipe, plan: Plan, w: WorkerPlacement) -> list[NodeCo
             args: list[EngineArg] = []
         else:
             args = merge_args(_DERIVE[backend](recipe, plan, w, rank), recipe, w.role)
-            argv = [recipe.engine.python, "-m", MODULES[backend], *flag_argv(args)]
+            argv = [recipe.engine.python, *entry_point(recipe), *flag_argv(args)]
         env = {
-            # Workers of one node share its GPUs through overlapping steps; the plan decides
-            # which GPUs each one gets, so two DEP2 workers never land on the same pair.
-            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in w.slices[rank].gpus),
+            **gpu_pinning(recipe, w.slices[rank].gpus),
             "DYN_SYSTEM_PORT": str(w.ports.system),
             "VLLM_NIXL_SIDE_CHANNEL_PORT": str(w.ports.kv_side_channel),
         }
         cmds.append(NodeCommand(worker=w.name, node=node, node_rank=rank, leader=rank == 0, argv=argv, args=args, env=env))
     return cmds
+
+
+def entry_point(recipe: Recipe) -> list[str]:
+    """What follows the interpreter: a Dynamo worker module, or the engine's own server."""
+    backend = recipe.engine.backend
+    if own_server(recipe):
+        if backend is Backend.vllm:
+            return ["-m", "vllm.entrypoints.cli.main", "serve", recipe.model.path]
+        return ["-m", "sglang.launch_server"]
+    return ["-m", MODULES[backend]]
+
+
+def gpu_pinning(recipe: Recipe, gpus: list[int]) -> dict[str, str]:
+    """The variables that give a worker exactly its GPUs.
+
+    Workers of one node share its GPUs through overlapping steps, each step seeing all of
+    them; the plan decides which GPUs each worker gets, so two DEP2 workers never land on
+    the same pair. On NVIDIA nodes that is CUDA_VISIBLE_DEVICES. On AMD nodes Slurm (22.05+,
+    gres Flags=amd_gpu_env or AutoDetect=rsmi) sets ROCR_VISIBLE_DEVICES to the step's GPUs,
+    and the ROCm runtime applies HIP_VISIBLE_DEVICES *within* that set: so the worker keeps
+    Slurm's ROCR_VISIBLE_DEVICES and selects its GPUs by position with HIP_VISIBLE_DEVICES.
+    Re-pinning ROCR_VISIBLE_DEVICES with absolute indices would fight Slurm's binding (and
+    select nothing under a device cgroup that renumbers). CUDA_VISIBLE_DEVICES is set to the
+    same list because vLLM's ROCm platform refuses the two when they differ.
+    """
+    from .profiles import PROFILES
+
+    listed = ",".join(str(g) for g in gpus)
+    if PROFILES[recipe.profile].gpu_vendor == "amd":
+        return {"HIP_VISIBLE_DEVICES": listed, "CUDA_VISIBLE_DEVICES": listed}
+    return {"CUDA_VISIBLE_DEVICES": listed}
 
 
 def describe_args(cmd: NodeCommand) -> list[dict[str, Any]]:

@@ -180,8 +180,17 @@ def role_points(recipe: Recipe, role: str) -> list[Point]:
 # ---- the plan ------------------------------------------------------------------------------
 
 
-def plan_memory(recipe: Recipe, fp: Optional[Footprint], *, draft_bytes: int = 0) -> Optional[MemoryPlan]:
+def draft_model_bytes(recipe: Recipe) -> int:
+    """The speculative draft's weights when its checkpoint is local (a hub id counts as 0: unknown)."""
+    spec = recipe.speculative
+    gb = local_weights_gb(spec.draft_model) if spec and spec.draft_model else None
+    return int(gb * 1e9) if gb else 0
+
+
+def plan_memory(recipe: Recipe, fp: Optional[Footprint], *, draft_bytes: Optional[int] = None) -> Optional[MemoryPlan]:
     """Every role's memory for a recipe and footprint; None when GPU memory or the model size is unknown."""
+    if draft_bytes is None:
+        draft_bytes = draft_model_bytes(recipe)
     gpu = gpu_memory_gb(recipe)
     if gpu is None or fp is None:
         return None
@@ -267,7 +276,7 @@ def _size(parallel: str) -> int:
 # ---- entry points for the CLI and the launcher ------------------------------------------------
 
 
-def memory_plan(recipe: Recipe, *, draft_bytes: int = 0) -> Optional[MemoryPlan]:
+def memory_plan(recipe: Recipe, *, draft_bytes: Optional[int] = None) -> Optional[MemoryPlan]:
     return plan_memory(recipe, footprint(recipe), draft_bytes=draft_bytes)
 
 

@@ -79,7 +79,8 @@ def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = N
     for st in job.steps:
         out.append(shell_join(srun_argv(recipe, st, f"<node{st.node}>", job_dir, image)))
     out += ["", "# ---- benchmark client, once the deployment is ready ----"]
-    url = f"http://<node{plan.frontend_node}>:{recipe.frontend.http_port}"
+    node = plan.workers[0].leader if recipe.frontend.server == "engine" else plan.frontend_node
+    url = f"http://<node{node}>:{recipe.frontend.http_port}"
     tok = recipe.benchmark.tokenizer or recipe.model.path
     for scen in recipe.benchmark.scenarios:
         for conc in recipe.benchmark.concurrency:
@@ -299,7 +300,13 @@ def stage_model_for(recipe: Recipe) -> Recipe:
 
     res = stage_model(recipe.model.path, Path(recipe.model.stage_dir), log=say, on_wait=wait_notice("another stager"))
     env = {**serving_env(res.path), **recipe.env}
-    return recipe.with_overrides({"model.path": str(res.path), "env": env})
+    sets: dict[str, Any] = {"model.path": str(res.path), "env": env}
+    spec = recipe.speculative
+    if spec and spec.draft_model:
+        # The draft is read at engine start like the model: the same race, the same cure.
+        draft = stage_model(spec.draft_model, Path(recipe.model.stage_dir), log=say, on_wait=wait_notice("another stager"))
+        sets["speculative.draft_model"] = str(draft.path)
+    return recipe.with_overrides(sets)
 
 
 def import_image_for(recipe: Recipe, results_dir: Path) -> None:

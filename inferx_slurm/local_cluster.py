@@ -100,6 +100,7 @@ class ClusterInfo(BaseModel):
     nodes: int
     gpus_per_node: int
     cpus_per_node: int
+    gpu_vendor: str = "nvidia"
     node_names: list[str]
     partition: str = PARTITION
     cluster_name: str = CLUSTER_NAME
@@ -114,6 +115,9 @@ class _Shape(BaseModel):
     nodes: int
     gpus_per_node: int
     cpus_per_node: int
+    # amd: gres Flags=amd_gpu_env, so Slurm sets ROCR_VISIBLE_DEVICES (not CUDA_VISIBLE_DEVICES)
+    # for the GPUs of a step, as it does on AMD nodes (AutoDetect=rsmi implies the same flag).
+    gpu_vendor: str = "nvidia"
 
 
 class _Proc(BaseModel):
@@ -136,6 +140,7 @@ def up(
     gpus_per_node: int = 4,
     cpus_per_node: int = 8,
     state_dir: Path | None = None,
+    gpu_vendor: str = "nvidia",
 ) -> ClusterInfo:
     """Start (or reuse) the local cluster and wait until every node is usable.
 
@@ -145,9 +150,11 @@ def up(
     """
     if nodes < 1 or gpus_per_node < 0 or cpus_per_node < 1:
         raise ValueError("need nodes >= 1, gpus_per_node >= 0, cpus_per_node >= 1")
+    if gpu_vendor not in ("nvidia", "amd"):
+        raise ValueError(f"gpu_vendor: got {gpu_vendor!r}; expected nvidia or amd")
     _require_root()
     sd = _state_dir(state_dir)
-    shape = _Shape(nodes=nodes, gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node)
+    shape = _Shape(nodes=nodes, gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node, gpu_vendor=gpu_vendor)
     sd.mkdir(parents=True, exist_ok=True)
     with _locked(sd):
         st = _load(sd)
@@ -155,8 +162,8 @@ def up(
         if running and st.shape is not None and st.shape != shape:
             raise ClusterError(
                 f"local cluster in {sd} is running with {st.shape.nodes} nodes x "
-                f"{st.shape.gpus_per_node} GPUs x {st.shape.cpus_per_node} CPUs, but "
-                f"{nodes} x {gpus_per_node} x {cpus_per_node} was requested; run "
+                f"{st.shape.gpus_per_node} {st.shape.gpu_vendor} GPUs x {st.shape.cpus_per_node} CPUs, but "
+                f"{nodes} x {gpus_per_node} {gpu_vendor} x {cpus_per_node} was requested; run "
                 f"`inferx-slurm local-cluster down` (or local_cluster.down()) first"
             )
         if not running:
@@ -292,6 +299,7 @@ def _info(sd: Path, st: _State) -> ClusterInfo:
         nodes=shape.nodes,
         gpus_per_node=shape.gpus_per_node,
         cpus_per_node=shape.cpus_per_node,
+        gpu_vendor=shape.gpu_vendor,
         node_names=_node_names(shape.nodes),
         slurm_conf=sd / "slurm.conf",
         env=_client_env(sd),
@@ -433,8 +441,9 @@ def _write_configs(sd: Path, st: _State) -> None:
         )
         if shape.gpus_per_node:
             gpu_range = "0" if shape.gpus_per_node == 1 else f"[0-{shape.gpus_per_node - 1}]"
+            flags = " Flags=amd_gpu_env" if shape.gpu_vendor == "amd" else ""
             gres_lines.append(
-                f"NodeName={name} Name=gpu File={sd / 'gpus' / name}/nvidia{gpu_range}"
+                f"NodeName={name} Name=gpu File={sd / 'gpus' / name}/nvidia{gpu_range}{flags}"
             )
 
     slurm_conf = f"""\
@@ -915,6 +924,7 @@ def _main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--nodes", type=int, default=3)
     p_up.add_argument("--gpus-per-node", type=int, default=4)
     p_up.add_argument("--cpus-per-node", type=int, default=8)
+    p_up.add_argument("--gpu-vendor", choices=["nvidia", "amd"], default="nvidia")
     sub.add_parser("down", help="stop everything this tool started")
     sub.add_parser("status", help="print the cluster state as JSON")
     p_restart = sub.add_parser("restart-node", help="restart one node's slurmd")
@@ -925,7 +935,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "up":
-            info = up(args.nodes, args.gpus_per_node, args.cpus_per_node, args.state_dir)
+            info = up(args.nodes, args.gpus_per_node, args.cpus_per_node, args.state_dir, args.gpu_vendor)
             print(f"cluster up: {', '.join(info.node_names)} in partition {info.partition!r}")
             print(f"export SLURM_CONF={info.slurm_conf}")
         elif args.cmd == "down":

@@ -18,10 +18,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from .errors import RecipeError
-from .recipe import ROLES, Recipe
+from .recipe import Recipe
 from .topology import ParallelKind, Parallelism, Topology
 
-Role = Literal["prefill", "decode"]
+Role = Literal["prefill", "decode", "agg"]
 
 # One block of ports per worker. Each worker is a separate process group and on a
 # single-host test cluster every node shares one network namespace, so ports are unique per
@@ -88,6 +88,7 @@ class Plan(BaseModel):
     total_gpus: int
     prefill_gpus: int
     decode_gpus: int
+    agg_gpus: int = Field(0, description="GPUs of aggregated workers (prefill and decode in one engine)")
     frontend_node: int
     share_nodes: bool
     workers: list[WorkerPlacement]
@@ -114,7 +115,7 @@ def plan_topology(
 ) -> Plan:
     if gpus_per_node < 1:
         raise RecipeError("slurm.gpus_per_node", gpus_per_node, "expected a whole number >= 1")
-    for role in ROLES:
+    for role in topology.roles:
         _check_fits(topology.role(role).parallel, gpus_per_node, f"topology.{role}")
 
     free: list[int] = []  # free GPUs per node, index = node
@@ -127,7 +128,7 @@ def plan_topology(
         owner.extend([role] * count)
         return list(range(start, start + count))
 
-    for role in ROLES:
+    for role in topology.roles:
         rt = topology.role(role)
         size = rt.parallel.size
         for index in range(rt.workers):
@@ -167,8 +168,9 @@ def plan_topology(
         gpus_per_node=gpus_per_node,
         total_nodes=total_nodes,
         total_gpus=sum(w.gpus for w in workers),
-        prefill_gpus=topology.prefill.gpus,
-        decode_gpus=topology.decode.gpus,
+        prefill_gpus=topology.role_gpus("prefill"),
+        decode_gpus=topology.role_gpus("decode"),
+        agg_gpus=topology.role_gpus("agg"),
         frontend_node=frontend_node,
         share_nodes=share_nodes,
         workers=workers,
@@ -201,10 +203,8 @@ def format_plan(plan: Plan, title: str = "") -> str:
     """The human table: one row per node, which workers and GPUs it holds."""
     lines = []
     head = title or plan.topology
-    lines.append(
-        f"{head}: {plan.total_nodes} nodes x {plan.gpus_per_node} GPUs, {plan.total_gpus} GPUs used "
-        f"(prefill {plan.prefill_gpus}, decode {plan.decode_gpus})"
-    )
+    split = f"aggregated {plan.agg_gpus}" if plan.agg_gpus else f"prefill {plan.prefill_gpus}, decode {plan.decode_gpus}"
+    lines.append(f"{head}: {plan.total_nodes} nodes x {plan.gpus_per_node} GPUs, {plan.total_gpus} GPUs used ({split})")
     lines.append(f"{'node':>4}  {'workers (GPU indices)':<48} extra")
     for node, items in plan.node_rows():
         cells = ", ".join(f"{name} [{_ranges(g)}]" for name, g in items) or "-"

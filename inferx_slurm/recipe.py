@@ -29,7 +29,7 @@ from pydantic import (
 from .errors import RecipeError
 from .topology import Topology
 
-ROLES = ("prefill", "decode")
+ROLES = ("prefill", "decode", "agg")
 # A petabyte: any larger size is a typo, and would overflow byte counts in the memory planner.
 MAX_GB = 1_000_000
 ArgValue = Union[str, int, float, bool, None, list, dict]
@@ -212,6 +212,7 @@ class EngineSpec(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     prefill: RoleEngine = Field(default_factory=RoleEngine)
     decode: RoleEngine = Field(default_factory=RoleEngine)
+    agg: RoleEngine = Field(default_factory=RoleEngine, description="aggregated workers (topology NA SPEC)")
     python: str = Field("python3", description="interpreter that runs the engine and frontend modules")
     startup_timeout_s: Optional[float] = Field(None, gt=0, description="time for workers to register; default per backend")
 
@@ -221,7 +222,33 @@ class EngineSpec(_Strict):
         return _check_engine_args(v)
 
     def role(self, name: str) -> RoleEngine:
-        return self.prefill if name == "prefill" else self.decode
+        return getattr(self, name) if name in ROLES else RoleEngine()
+
+
+class SpecMethod(str, Enum):
+    eagle3 = "eagle3"
+    eagle = "eagle"
+    mtp = "mtp"
+    ngram = "ngram"
+
+
+class SpeculativeSpec(_Strict):
+    """Speculative decoding: a draft proposes tokens that the target model verifies in one step."""
+
+    method: SpecMethod = Field(description="eagle3 / eagle (a separate draft head), mtp (the model's own MTP layers), ngram")
+    draft_model: Optional[str] = Field(
+        None, description="draft checkpoint (local dir or HF repo id); required for eagle/eagle3, staged with the model"
+    )
+    num_speculative_tokens: int = Field(ge=1, le=64, description="tokens the draft proposes per step")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="extra keys for the engine's speculative config (vLLM --speculative-config JSON)"
+    )
+
+    @model_validator(mode="after")
+    def _draft(self) -> "SpeculativeSpec":
+        if self.method in (SpecMethod.eagle3, SpecMethod.eagle) and not self.draft_model:
+            raise ValueError(f"method {self.method.value} needs draft_model: the draft head's checkpoint (e.g. org/Model-EAGLE3)")
+        return self
 
 
 class Discovery(str, Enum):
@@ -230,6 +257,11 @@ class Discovery(str, Enum):
 
 
 class FrontendSpec(_Strict):
+    server: Literal["dynamo", "engine"] = Field(
+        "dynamo",
+        description="dynamo: the Dynamo frontend routes to the workers (needed for disaggregation); engine: the engine's "
+        "own OpenAI server (vllm serve, sglang.launch_server) on http_port of its node, for one aggregated worker",
+    )
     router_mode: Literal["round-robin", "random", "kv"] = "round-robin"
     discovery: Discovery = Discovery.etcd_nats
     http_port: int = Field(8000, ge=1, le=65535)
@@ -394,6 +426,7 @@ class Recipe(_Strict):
     setup_scripts: list[str] = Field(default_factory=list, description="scripts sourced on every node before a worker starts")
     benchmark: BenchmarkSpec = Field(default_factory=BenchmarkSpec)
     expect: ExpectSpec = Field(default_factory=ExpectSpec, description="identity pins every worker checks before loading weights")
+    speculative: Optional[SpeculativeSpec] = Field(None, description="speculative decoding: method, draft model, tokens per step")
     sweep: Optional[SweepSpec] = None
     # The file the recipe was loaded from, for provenance (hash and git revision of its repo).
     _source: Optional[str] = PrivateAttr(default=None)
@@ -401,6 +434,19 @@ class Recipe(_Strict):
     @field_serializer("topology")
     def _ser_topo(self, v: Topology) -> str:
         return str(v)
+
+    @model_validator(mode="after")
+    def _serving(self) -> "Recipe":
+        topos = [self.topology, *(self.sweep.topologies if self.sweep else [])]
+        if self.frontend.server == "engine":
+            bad = next((t for t in topos if not t.aggregated or t.role("agg").workers != 1), None)
+            if bad is not None:
+                raise ValueError(f"frontend.server engine serves one aggregated worker (topology 1A SPEC), not {bad}; "
+                                 "use server dynamo to route to several workers or to prefill and decode")
+            if self.engine.backend not in (Backend.vllm, Backend.sglang):
+                raise ValueError(f"frontend.server engine needs backend vllm or sglang (their own OpenAI servers), "
+                                 f"not {self.engine.backend.value}; use server dynamo")
+        return self
 
     @field_validator("env", mode="before")
     @classmethod

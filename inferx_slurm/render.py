@@ -127,9 +127,12 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
     for c in cmds:
         lines = [f"  {c.node_rank})  # plan node {c.node}" + (" (leader)" if c.leader else "")]
         lines += [f"    export {k}={shell_word(v)}" for k, v in c.env.items()]
+        # On AMD nodes the GPUs a worker sees are HIP_VISIBLE_DEVICES positions within Slurm's
+        # ROCR_VISIBLE_DEVICES (engines.gpu_pinning): log both.
+        amd = " rocr=${ROCR_VISIBLE_DEVICES:-unset} hip=${HIP_VISIBLE_DEVICES:-unset}" if "HIP_VISIBLE_DEVICES" in c.env else ""
         lines.append(
             f'    echo "[inferx] {w.name} node_rank=$node_rank host=$(hostname) '
-            'gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"'
+            f'gpus=${{CUDA_VISIBLE_DEVICES:-unset}}{amd} start=$(date +%s.%N)"'
         )
         lines.append(f"    exec {shell_join(c.argv)} ;;")
         cases.append("\n".join(lines))
@@ -208,7 +211,9 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None, *, python:
     steps: list[Step] = []
     fe_node = plan.frontend_node
 
-    if recipe.frontend.discovery is Discovery.etcd_nats:
+    # The engine's own server answers the clients itself: no frontend, no discovery.
+    dynamo_front = recipe.frontend.server == "dynamo"
+    if dynamo_front and recipe.frontend.discovery is Discovery.etcd_nats:
         files["scripts/infra.sh"] = fill(
             template("infra.sh"),
             discovery=recipe.frontend.discovery.value,
@@ -219,17 +224,17 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None, *, python:
         )
         steps.append(Step(name="infra", kind="infra", node=fe_node, script="scripts/infra.sh", startup_timeout_s=60))
 
-    fe_env = base_env(recipe, job_dir)
-    files["scripts/frontend.sh"] = fill(
-        template("frontend.sh"),
-        http_port=str(recipe.frontend.http_port),
-        nodes_env=shell_word(f"{job_dir}/nodes.env"),
-        frontend_node=str(fe_node),
-        env_exports=exports(fe_env),
-        pid_dir=shell_word(f"{job_dir}/logs"),
-        command=shell_join(frontend_argv(recipe)),
-    )
-    steps.append(Step(name="frontend", kind="frontend", node=fe_node, script="scripts/frontend.sh", startup_timeout_s=120))
+    if dynamo_front:
+        files["scripts/frontend.sh"] = fill(
+            template("frontend.sh"),
+            http_port=str(recipe.frontend.http_port),
+            nodes_env=shell_word(f"{job_dir}/nodes.env"),
+            frontend_node=str(fe_node),
+            env_exports=exports(base_env(recipe, job_dir)),
+            pid_dir=shell_word(f"{job_dir}/logs"),
+            command=shell_join(frontend_argv(recipe)),
+        )
+        steps.append(Step(name="frontend", kind="frontend", node=fe_node, script="scripts/frontend.sh", startup_timeout_s=120))
 
     files[IDENTITY_PROBE] = identity_probe_source()
     for w in plan.workers:

@@ -36,11 +36,17 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
         return str(v)
 
 
+AGG_COLUMN = ("num_agg_gpu", "A gpu", "{:d}")
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no results)"
-    cells = [[h for _, h, _ in COLUMNS]] + [[_cell(r, k, f) for k, _, f in COLUMNS] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    cols = list(COLUMNS)
+    if any(r.get("num_agg_gpu") for r in rows):  # aggregated GPUs do prefill and decode
+        cols.insert(5, AGG_COLUMN)
+    cells = [[h for _, h, _ in cols]] + [[_cell(r, k, f) for k, _, f in cols] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells)
 
 
@@ -61,6 +67,8 @@ def served_line(summary: dict[str, Any]) -> str:
         return ""
     done = sum(int(r.get("completed") or 0) for r in summary.get("rows", []))
     workers = ", ".join(f"{k} {v}" for k, v in served.get("per_worker", {}).items())
+    if "agg_requests" in served:
+        return f"requests served by aggregated workers: {served['agg_requests']} (client completed {done}); per worker: {workers}"
     return (f"requests through prefill and decode: {served.get('through_prefill_and_decode')} "
             f"(client completed {done}); per worker: {workers}")
 

@@ -1,22 +1,26 @@
-"""The topology grammar: ``xPyD SPEC`` or ``xPyD PREFILL->DECODE``.
+"""The topology grammar: ``xPyD SPEC``, ``xPyD PREFILL->DECODE`` or ``NA SPEC``.
 
 SPEC is ``TPn`` (tensor parallel), ``TEPn`` (TP n + expert parallel) or ``DEPn``
 (data-parallel attention + expert parallel over n GPUs). ``1P1D TP4->TEP8`` is one prefill
 worker on 4 GPUs and one decode worker on 8; ``2P2D TEP4`` applies TEP4 to both roles.
+``1A TP8`` is one aggregated worker (prefill and decode in the same engine) on 8 GPUs.
 """
 
 from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Any
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import RecipeError
 
 KINDS_HELP = "TPn (tensor parallel), TEPn (TP + expert parallel) or DEPn (DP attention + expert parallel), n >= 1"
-TOPOLOGY_HELP = "expected 'xPyD SPEC' or 'xPyD PREFILL->DECODE', e.g. '1P1D TP4->TEP8' or '2P1D DEP8->DEP16'; SPEC is " + KINDS_HELP
+TOPOLOGY_HELP = ("expected 'xPyD SPEC', 'xPyD PREFILL->DECODE' or 'NA SPEC' (N aggregated workers), e.g. '1P1D TP4->TEP8', "
+                 "'2P1D DEP8->DEP16' or '1A TP8'; SPEC is " + KINDS_HELP)
+DISAGG_ROLES = ("prefill", "decode")
+AGG_ROLES = ("agg",)
 
 
 class ParallelKind(str, Enum):
@@ -76,6 +80,7 @@ class RoleTopology(BaseModel):
         return self.workers * self.parallel.size
 
 
+_AGG_RE = re.compile(r"\s*(?P<n>\d+)\s*A\s+(?P<a>[A-Za-z]+\d+)\s*", flags=re.IGNORECASE)
 _TOPO_RE = re.compile(
     r"\s*(?P<p>\d+)\s*P\s*(?P<d>\d+)\s*D\s+(?P<a>[A-Za-z]+\d+)\s*(?:(?:->|→)\s*(?P<b>[A-Za-z]+\d+))?\s*",
     flags=re.IGNORECASE,
@@ -83,16 +88,25 @@ _TOPO_RE = re.compile(
 
 
 class Topology(BaseModel):
-    """Prefill and decode workers of a disaggregated deployment.
+    """Prefill and decode workers of a disaggregated deployment, or aggregated workers.
 
-    Accepts the string form (``"1P1D TP4->TEP8"``) anywhere a Topology is expected and
-    serializes back to it, so recipes stay readable and round-trip.
+    Accepts the string form (``"1P1D TP4->TEP8"``, ``"2A TEP4"``) anywhere a Topology is
+    expected and serializes back to it, so recipes stay readable and round-trip.
     """
 
     model_config = ConfigDict(frozen=True)
 
-    prefill: RoleTopology
-    decode: RoleTopology
+    prefill: Optional[RoleTopology] = None
+    decode: Optional[RoleTopology] = None
+    agg: Optional[RoleTopology] = Field(None, description="aggregated workers: prefill and decode in one engine")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Topology":
+        if self.agg is not None and (self.prefill or self.decode):
+            raise ValueError("either aggregated workers (NA SPEC) or prefill and decode workers (xPyD), not both")
+        if self.agg is None and not (self.prefill and self.decode):
+            raise ValueError("needs prefill and decode workers (xPyD), or aggregated ones (NA SPEC)")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -103,13 +117,18 @@ class Topology(BaseModel):
             except RecipeError as e:
                 # Inside a recipe pydantic adds the field path; keep only the bad part and the fix.
                 raise ValueError(e.valid if e.value == data else f"{e.value!r} is not valid; {e.valid}") from None
-            return {"prefill": t.prefill, "decode": t.decode}
+            return {"prefill": t.prefill, "decode": t.decode, "agg": t.agg}
         return data
 
     @classmethod
     def parse(cls, text: str, field: str = "topology") -> "Topology":
         if not isinstance(text, str):
             raise RecipeError(field, text, TOPOLOGY_HELP)
+        m = _AGG_RE.fullmatch(text)
+        if m:
+            if int(m.group("n")) < 1:
+                raise RecipeError(field, text, "needs at least one aggregated worker (NA with N >= 1)")
+            return cls(agg=RoleTopology(workers=int(m.group("n")), parallel=Parallelism.parse(m.group("a"), field)))
         m = _TOPO_RE.fullmatch(text)
         if not m:
             raise RecipeError(field, text, TOPOLOGY_HELP)
@@ -120,7 +139,19 @@ class Topology(BaseModel):
         b = Parallelism.parse(m.group("b"), field) if m.group("b") else a
         return cls(prefill=RoleTopology(workers=p, parallel=a), decode=RoleTopology(workers=d, parallel=b))
 
+    @property
+    def aggregated(self) -> bool:
+        return self.agg is not None
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles this deployment has workers in, in placement order."""
+        return AGG_ROLES if self.agg is not None else DISAGG_ROLES
+
     def __str__(self) -> str:
+        if self.agg is not None:
+            return f"{self.agg.workers}A {self.agg.parallel}"
+        assert self.prefill is not None and self.decode is not None
         head = f"{self.prefill.workers}P{self.decode.workers}D"
         if self.prefill.parallel == self.decode.parallel:
             return f"{head} {self.prefill.parallel}"
@@ -128,7 +159,15 @@ class Topology(BaseModel):
 
     @property
     def total_gpus(self) -> int:
-        return self.prefill.gpus + self.decode.gpus
+        return sum(self.role(r).gpus for r in self.roles)
+
+    def role_gpus(self, name: str) -> int:
+        """GPUs of one role; 0 for a role this deployment does not have."""
+        rt = getattr(self, name, None)
+        return rt.gpus if rt is not None else 0
 
     def role(self, name: str) -> RoleTopology:
-        return self.prefill if name == "prefill" else self.decode
+        rt = getattr(self, name, None) if name in ("prefill", "decode", "agg") else None
+        if rt is None:
+            raise KeyError(f"topology {self} has no {name} workers")
+        return rt

@@ -62,8 +62,9 @@ def test_inferencex_matrix_point_becomes_overrides():
     ({"PREFILL_NUM_WORKERS": "1", "PREFILL_TP": "8", "PREFILL_EP": "4", "DECODE_NUM_WORKERS": "1", "DECODE_TP": "8"}, "PREFILL_EP", "TEP8"),
     ({"PREFILL_TP": "4", "DECODE_NUM_WORKERS": "1", "DECODE_TP": "4"}, "PREFILL_NUM_WORKERS", "is needed"),
     ({"DECODE_DP_ATTN": "maybe", "DECODE_NUM_WORKERS": "1", "DECODE_TP": "4", "PREFILL_NUM_WORKERS": "1", "PREFILL_TP": "4"}, "DECODE_DP_ATTN", "true or false"),
-    ({"DISAGG": "false"}, "DISAGG", "disaggregated"),
-    ({"SPEC_DECODING": "mtp"}, "SPEC_DECODING", "not supported"),
+    ({"DISAGG": "false", "PREFILL_NUM_WORKERS": "1", "PREFILL_TP": "4", "DECODE_NUM_WORKERS": "1", "DECODE_TP": "4"},
+     "DISAGG", "contradicts"),
+    ({"SPEC_DECODING": "medusa"}, "SPEC_DECODING", "eagle3"),
 ])
 def test_bad_or_contradictory_environment_names_the_variable(env, field, says):
     with pytest.raises(RecipeError) as e:

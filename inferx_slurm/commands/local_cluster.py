@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
         raise InferxError("the local cluster's tiny model needs the 'tokenizers' package: pip install 'inferx-slurm[local]'")
     try:
         if args.action == "up":
-            info = lc.up(nodes=args.nodes, gpus_per_node=args.gpus_per_node, state_dir=state_dir)
+            info = lc.up(nodes=args.nodes, gpus_per_node=args.gpus_per_node, state_dir=state_dir, gpu_vendor=args.gpu_vendor)
             model = _ensure_tiny_model(info.state_dir)
         elif args.action == "down":
             lc.down(state_dir)
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"local cluster: {'up' if info.up else 'down'} ({info.state_dir})")
     if info.up:
         states = ", ".join(f"{n}={s}" for n, s in info.node_states.items())
-        print(f"  {info.nodes} nodes x {info.gpus_per_node} GPUs, partition '{info.partition}': {states}")
+        print(f"  {info.nodes} nodes x {info.gpus_per_node} {info.gpu_vendor} GPUs, partition '{info.partition}': {states}")
         print(f"  export SLURM_CONF={info.slurm_conf}")
     if model:
         print(f"  tiny model in HF cache: {model}")
@@ -61,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     p.add_argument("--gpus-per-node", type=int, default=4, help="fake GPUs per node (default 4)")
+    p.add_argument("--gpu-vendor", choices=["nvidia", "amd"], default="nvidia",
+                   help="amd: Slurm binds the fake GPUs through ROCR_VISIBLE_DEVICES, as on AMD nodes (recipes use profile local-amd)")
     p.add_argument("--state-dir", help="where config, logs and state live (default $INFERX_LOCAL_CLUSTER_DIR or /var/tmp/inferx-local-cluster)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)

@@ -33,10 +33,13 @@ def served_requests(log_dir: Path, leaders: dict[str, str]) -> dict[str, object]
     for worker, role in leaders.items():
         ids = completed_request_ids(log_dir / f"{worker}.n0.log")
         per_worker[worker] = len(ids)
-        by_role[role] |= ids
-    return {
+        by_role.setdefault(role, set()).update(ids)
+    out: dict[str, object] = {
         "per_worker": per_worker,
         "prefill_requests": len(by_role["prefill"]),
         "decode_requests": len(by_role["decode"]),
         "through_prefill_and_decode": len(by_role["prefill"] & by_role["decode"]),
     }
+    if "agg" in by_role:
+        out["agg_requests"] = len(by_role["agg"])
+    return out

@@ -182,11 +182,19 @@ class Driver:
         return self.addrs[self.hosts[self.plan.frontend_node]]
 
     @property
+    def own_server(self) -> bool:
+        return self.recipe.frontend.server == "engine"
+
+    @property
     def base_url(self) -> str:
-        return f"http://{self.infra_addr}:{self.recipe.frontend.http_port}"
+        # The Dynamo frontend's node, or the node of the one worker whose own server answers.
+        node = self.plan.workers[0].leader if self.own_server else self.plan.frontend_node
+        return f"http://{self.addrs[self.hosts[node]]}:{self.recipe.frontend.http_port}"
 
     def _start_infra(self) -> None:
         fe = self.recipe.frontend
+        if self.own_server:
+            return  # no frontend, so no discovery
         if fe.discovery is Discovery.file:
             (self.dir / "discovery").mkdir(exist_ok=True)
             return
@@ -207,15 +215,24 @@ class Driver:
         self.event("engines started", steps=len(self.steps))
 
     def _wait_ready(self) -> None:
-        want = {r: len(self.plan.role_workers(r)) for r in ("prefill", "decode")}
+        # An engine's own server lists the model once its one worker is up: nothing to count.
+        roles = () if self.own_server else self.recipe.topology.roles
+        want = {r: len(self.plan.role_workers(r)) for r in roles}
         started = time.time()
-        timeouts = {r: max((s.startup_timeout_s for s in self.job.steps if s.role == r), default=0) for r in want}
+        timeouts = {r: max((s.startup_timeout_s for s in self.job.steps if s.role == r), default=0)
+                    for r in self.recipe.topology.roles}
         while True:
             self._watch()
-            have = readiness.accepted_workers(self.base_url, self.recipe.model.name)
+            have = {} if self.own_server else readiness.accepted_workers(self.base_url, self.recipe.model.name)
             if have is None:
                 have = readiness.registered_workers(self.base_url)
+                if self.recipe.topology.aggregated:
+                    # /health tells prefill from the rest only; the rest are aggregated here.
+                    have["agg"] = have.pop("decode")
             models = readiness.served_models(self.base_url)
+            if self.own_server and self.recipe.model.name not in models and time.time() - started > timeouts["agg"]:
+                raise _FaultRaised(Fault("not_ready", next((s for s in self.steps if s.step.kind == "worker"), None),
+                                         f"the engine's server did not list {self.recipe.model.name} within {timeouts['agg']:.0f} s."))
             if self.recipe.model.name in models and all(have[r] >= want[r] for r in want):
                 self.event("ready", registered=have, seconds=round(time.time() - started, 2))
                 self.status("ready", registered=have)
@@ -253,6 +270,7 @@ class Driver:
                 out.mkdir(parents=True, exist_ok=True)
                 argv = aiperf_argv(self.recipe, scen, conc, url=self.base_url, artifact_dir=str(out), tokenizer=tokenizer)
                 self.event("benchmark", scenario=scen.name, concurrency=conc)
+                spec_before = self._spec_counters() if self.recipe.speculative else None
                 self._run_client(argv, out, b.requests_for(conc) + b.warmup_requests)
                 export = out / AIPERF_EXPORT
                 if not export.exists():
@@ -260,10 +278,40 @@ class Driver:
                 doc = read_json(export)
                 row = summarize(doc, isl=scen.isl, osl=scen.osl, concurrency=conc,
                                 prefill_gpus=self.plan.prefill_gpus, decode_gpus=self.plan.decode_gpus,
-                                expected_requests=b.requests_for(conc))
+                                agg_gpus=self.plan.agg_gpus, expected_requests=b.requests_for(conc))
+                if self.recipe.speculative:
+                    row["acceptance_length"] = self._acceptance_length(spec_before)
                 row.update(gpu_metrics(self.engine_dir / "logs", self.hosts, *profiling_window(doc)))
                 self.rows.append(row)
                 self.write_summary(partial=True)
+
+    def _spec_urls(self) -> list[str]:
+        """Where the engines' own Prometheus metrics are: the server itself, or each worker
+        leader's system port under Dynamo."""
+        if self.own_server:
+            return [f"{self.base_url}/metrics"]
+        return [f"http://{self.addrs[self.hosts[w.leader]]}:{w.ports.system}/metrics" for w in self.plan.workers
+                if w.role != "prefill"]
+
+    def _spec_counters(self) -> Optional[tuple[float, float]]:
+        """(accepted draft tokens, drafts) summed over the decoding engines; None when no engine
+        reports them (an engine without these counters, or the mock engine)."""
+        acc = drafts = 0.0
+        seen = False
+        for url in self._spec_urls():
+            text = metrics.scrape(url)
+            if text and metrics.has_metric(text, metrics.SPEC_DRAFTS):
+                seen = True
+                acc += metrics.counter_total(text, metrics.SPEC_ACCEPTED)
+                drafts += metrics.counter_total(text, metrics.SPEC_DRAFTS)
+        return (acc, drafts) if seen else None
+
+    def _acceptance_length(self, before: Optional[tuple[float, float]]) -> Optional[float]:
+        """Mean tokens per draft-and-verify step over this point: 1 + accepted / drafts."""
+        after = self._spec_counters()
+        if before is None or after is None or after[1] <= before[1]:
+            return None
+        return round(1 + (after[0] - before[0]) / (after[1] - before[1]), 3)
 
     def _run_client(self, argv: list[str], out: Path, expected: int) -> None:
         """Run one benchmark point; `expected` requests (warm-up included) answer it in full."""

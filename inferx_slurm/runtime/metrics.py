@@ -6,12 +6,21 @@ from typing import Optional
 
 from .readiness import http_get
 
-# Counters that only grow while requests make progress.
-PROGRESS_METRICS = ("dynamo_frontend_output_tokens_total", "dynamo_frontend_requests_total")
-# Requests the frontend accepted: tells a client still starting up from a stuck engine.
-STARTED_METRICS = ("dynamo_frontend_requests_started_total",)
+# Counters that only grow while requests make progress: the Dynamo frontend's, or those of the
+# engine's own server (vLLM, SGLang) when it answers the clients itself.
+PROGRESS_METRICS = ("dynamo_frontend_output_tokens_total", "dynamo_frontend_requests_total",
+                    "vllm:generation_tokens_total", "vllm:request_success_total", "sglang:generation_tokens_total")
+# Requests accepted (or prompts processed): tells a client still starting up from a stuck engine.
+STARTED_METRICS = ("dynamo_frontend_requests_started_total", "vllm:prompt_tokens_total", "sglang:prompt_tokens_total")
 # Requests answered in full.
-DONE_METRICS = ("dynamo_frontend_requests_total",)
+DONE_METRICS = ("dynamo_frontend_requests_total", "vllm:request_success_total")
+# vLLM's speculative-decoding counters: mean acceptance length = 1 + accepted / drafts.
+SPEC_ACCEPTED = ("vllm:spec_decode_num_accepted_tokens_total",)
+SPEC_DRAFTS = ("vllm:spec_decode_num_drafts_total",)
+
+
+def has_metric(text: str, names: tuple[str, ...]) -> bool:
+    return any(line.split("{", 1)[0].split(" ", 1)[0] in names for line in text.splitlines() if line and not line.startswith("#"))
 
 
 def scrape(url: str, timeout: float = 2.0) -> Optional[str]:

@@ -46,19 +46,20 @@ def accepted_workers(base_url: str, model: str) -> Optional[dict[str, int]]:
     """
     got = http_get(f"{base_url}/v1/models/{model}/ready")
     if got is None:
-        return {"prefill": 0, "decode": 0}
+        return {"prefill": 0, "decode": 0, "agg": 0}
     code, body = got
     # 503: not every worker type is live yet (the body still counts them); 404 with
     # "Model not found": no worker yet; any other 404: no such endpoint.
     if code == 404:
-        return {"prefill": 0, "decode": 0} if b"Model not found" in body else None
+        return {"prefill": 0, "decode": 0, "agg": 0} if b"Model not found" in body else None
     try:
         doc = json.loads(body.decode() or "null")
     except ValueError:
-        return {"prefill": 0, "decode": 0}
-    counts = {"prefill": 0, "decode": 0}
+        return {"prefill": 0, "decode": 0, "agg": 0}
+    counts = {"prefill": 0, "decode": 0, "agg": 0}
     for ns in (doc or {}).get("namespaces", {}).values():
-        for role, info in (ns.get("worker_types") or {}).items():
+        for kind, info in (ns.get("worker_types") or {}).items():
+            role = "agg" if kind == "aggregated" else kind
             if role in counts and isinstance(info, dict):
                 counts[role] += int(info.get("workers", 0))
     return counts
