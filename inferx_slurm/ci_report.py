@@ -43,7 +43,7 @@ CATEGORY_EXIT = {
 
 def classify_fault(kind: Optional[str], message: str) -> str:
     """The category of a failed run, from the driver's fault kind and diagnosis."""
-    if kind in ("node_down", "infra", "time_limit"):
+    if kind in ("node_down", "infra", "install", "time_limit"):
         return "infrastructure"
     if kind == "exited":
         # The discovery servers are infrastructure; a worker or the frontend is the engine.

@@ -49,5 +49,7 @@ def sbatch_script(recipe: Recipe, plan: Plan, folder: str | Path) -> str:
     """The sbatch script submitit writes for these parameters."""
     from submitit.slurm import slurm as _slurm
 
-    command = f"{sys.executable} -u -m submitit.core._submit {folder}"
+    from .interpreter import node_python
+
+    command = f"{node_python(recipe)} -u -m submitit.core._submit {folder}"
     return _slurm._make_sbatch_string(command=command, folder=str(folder), **executor_params(recipe, plan))

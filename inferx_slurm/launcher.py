@@ -18,10 +18,11 @@ from typing import Any, Callable, Iterator, Optional
 
 from . import provenance
 from .benchmark import aiperf_argv, point_dir
-from .errors import InferxError, SubmitError
+from .errors import InferxError, RecipeError, SubmitError
 from .executor import executor_params, sbatch_script
 from .fsutil import atomic_write, atomic_write_json, read_json
 from .locks import say, wait_notice
+from .interpreter import node_python
 from .plan import Plan, format_plan, plan_recipe
 from .recipe import ContainerRuntime, Recipe
 from .render import IDENTITY_PROBE, RenderedJob, render, shell_join, srun_argv
@@ -52,7 +53,7 @@ def prepare(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = None) 
     (a sweep's shared engine start); the benchmark is always this recipe's."""
     results_dir = _fresh_dir(results_dir.resolve())
     plan = plan_recipe(recipe)
-    job = render(engine or recipe, str(results_dir), plan, python=sys.executable)
+    job = render(engine or recipe, str(results_dir), plan)
     for rel, text in job.files.items():
         atomic_write(results_dir / rel, text, mode=0o755 if rel.endswith(".sh") else None)
     atomic_write(results_dir / "recipe.yaml", recipe.to_yaml())
@@ -64,12 +65,27 @@ def prepare(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = None) 
     return results_dir, plan, job
 
 
+def interpreter_line(recipe: Recipe) -> str:
+    """The driver interpreter check as a dry run shows it: a refusal is printed, not raised,
+    so a recipe for another cluster can still be inspected from here."""
+    from .interpreter import check_interpreter, elf_arch, node_python
+
+    py = node_python(recipe)
+    try:
+        check_interpreter(recipe)
+    except RecipeError as e:
+        say(f"warning: launch would refuse this recipe: {e}")
+        return f"# driver interpreter: {py}: REFUSED at launch: {e.valid}"
+    return f"# driver interpreter: {py} ({elf_arch(py) or 'architecture unknown'})"
+
+
 def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = None) -> str:
     """Everything `launch` would submit and run, with nothing written or submitted."""
     plan = plan_recipe(recipe)
     job_dir = str(results_dir)
-    job = render(engine or recipe, job_dir, plan, python=sys.executable)
+    job = render(engine or recipe, job_dir, plan)
     out = [f"# inferx-slurm launch --dry-run: {recipe.name} ({plan.topology})", "", format_plan(plan), ""]
+    out += [interpreter_line(recipe), ""]
     out += ["# ---- sbatch script (submitted through submitit) ----", sbatch_script(recipe, plan, f"{job_dir}/submitit")]
     out += [
         "# The batch script runs the driver on the first node; it resolves plan node i to the",
@@ -77,7 +93,7 @@ def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = N
     ]
     image = recipe.container.image if recipe.container.runtime is ContainerRuntime.pyxis else None
     for st in job.steps:
-        out.append(shell_join(srun_argv(recipe, st, f"<node{st.node}>", job_dir, image)))
+        out.append(shell_join(srun_argv(recipe, st, f"<node{st.node}>", job_dir, image, job_id="<jobid>")))
     out += ["", "# ---- benchmark client, once the deployment is ready ----"]
     node = plan.workers[0].leader if recipe.frontend.server == "engine" else plan.frontend_node
     url = f"http://<node{node}>:{recipe.frontend.http_port}"
@@ -221,9 +237,12 @@ def submit_many(
 
     from .runtime.driver import run_job
 
+    from .interpreter import check_interpreter
+
     env = env or {}
     for recipe, _ in deployments:
         check_feasible(recipe, force=force)
+        check_interpreter(recipe)
     require_sbatch(env)
     prepared = []
     for i, (recipe, results_dir) in enumerate(deployments):
@@ -245,7 +264,7 @@ def submit_many(
         else:
             params = {**params, "job_name": array_name or recipe.name}
             folder = results_dir.parent / f"submitit-{params['job_name']}-{results_dir.name}"
-        executor = submitit.SlurmExecutor(folder=folder)
+        executor = submitit.SlurmExecutor(folder=folder, python=node_python(recipe))
         executor.update_parameters(**params)
         with _environ(env):
             try:

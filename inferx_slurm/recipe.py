@@ -95,6 +95,12 @@ class ContainerSpec(_Strict):
     runtime: ContainerRuntime = Field(ContainerRuntime.none, description="pyxis on production clusters; none runs bare processes")
     image_dir: Optional[str] = Field(None, description="shared dir where imported .sqsh images live")
     mounts: list[str] = Field(default_factory=list, description="SRC:DST container mounts")
+    mount_home: bool = Field(False, description="mount the user's home (pyxis --container-mount-home); off keeps "
+                             "~/.cache and ~/.local out of the engines")
+    workdir: Optional[str] = Field(None, description="working dir inside the container (--container-workdir)")
+    writable: Optional[bool] = Field(None, description="true: --container-writable, false: --container-readonly; "
+                                     "unset: pyxis's default (the Dynamo install needs it writable)")
+    env: list[str] = Field(default_factory=list, description="host variables that override the image's (--container-env)")
 
     @model_validator(mode="after")
     def _image_for_pyxis(self) -> "ContainerSpec":
@@ -119,6 +125,10 @@ class SlurmSpec(_Strict):
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
+    python: Optional[str] = Field(
+        None, description="interpreter with inferx-slurm that runs the driver on the compute nodes, on the shared "
+        "filesystem and built for their architecture (GB200: aarch64); default: the submitting interpreter"
+    )
     time: str = Field("01:00:00", description="walltime: MM, HH:MM:SS or D-HH:MM:SS")
     stop_before_limit_s: float = Field(
         60, ge=0, description="end the run cleanly (partial results, logs, diagnosis) this long before the time limit"
@@ -214,12 +224,28 @@ class EngineSpec(_Strict):
     decode: RoleEngine = Field(default_factory=RoleEngine)
     agg: RoleEngine = Field(default_factory=RoleEngine, description="aggregated workers (topology NA SPEC)")
     python: str = Field("python3", description="interpreter that runs the engine and frontend modules")
+    dynamo_install: Optional[str] = Field(
+        None, description="install Dynamo (with its NIXL) into each node's container before any worker starts: a "
+        "version (1.6.1) or a wheel path on the shared filesystem; for images that lack it (vllm/vllm-openai)"
+    )
+    require_nixl: Optional[bool] = Field(
+        None, description="the preflight refuses a worker environment without NIXL; default: when KV moves over NIXL "
+        "(disaggregated vllm/sglang)"
+    )
     startup_timeout_s: Optional[float] = Field(None, gt=0, description="time for workers to register; default per backend")
 
     @field_validator("args")
     @classmethod
     def _args(cls, v: dict[str, ArgValue]) -> dict[str, ArgValue]:
         return _check_engine_args(v)
+
+    @field_validator("dynamo_install")
+    @classmethod
+    def _dynamo_install(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not (re.fullmatch(r"\d+\.\d+(\.\d+)?([.+-]?[A-Za-z0-9.]+)?", v) or
+                                  (v.startswith("/") and v.endswith(".whl"))):
+            raise ValueError(f"got {v!r}; expected a Dynamo version (e.g. 1.6.1) or an absolute path to an ai_dynamo wheel (.whl)")
+        return v
 
     def role(self, name: str) -> RoleEngine:
         return getattr(self, name) if name in ROLES else RoleEngine()
@@ -257,6 +283,10 @@ class Discovery(str, Enum):
 
 
 class FrontendSpec(_Strict):
+    infra_bin_dir: Optional[str] = Field(
+        None, description="dir holding the etcd and nats-server binaries the infra step runs (on the host, not in "
+        "the engine image, which has neither); unset: the host's PATH. setup_scripts/provision_infra_bins.sh fills one"
+    )
     server: Literal["dynamo", "engine"] = Field(
         "dynamo",
         description="dynamo: the Dynamo frontend routes to the workers (needed for disaggregation); engine: the engine's "

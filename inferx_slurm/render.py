@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict
 from .engines import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags, node_commands, startup_timeout
 from .plan import Plan, WorkerPlacement, plan_recipe
 from .profiles import PROFILES
-from .recipe import ContainerRuntime, Discovery, Recipe
+from .recipe import Backend, ContainerRuntime, Discovery, Recipe
 
-StepKind = Literal["infra", "frontend", "worker", "monitor"]
+StepKind = Literal["infra", "install", "frontend", "worker", "monitor"]
 _PLACEHOLDERS = (LEADER_ADDR, INFRA_ADDR)
 _PH_RE = re.compile("(" + "|".join(re.escape(p) for p in _PLACEHOLDERS) + ")")
 
@@ -147,19 +147,43 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
         cache_exports=cache,
         setup_sources=setup,
         worker=w.name,
-        identity_check=identity_check(recipe, w.name, job_dir),
+        identity_check=identity_check(recipe, w.name, job_dir, w.role),
         pid_dir=shell_word(f"{job_dir}/logs"),
         cases="\n".join(cases),
     )
 
 
 IDENTITY_PROBE = "scripts/identity_probe.py"
+# Standard library only (ctypes NVML), so any python3 on a compute node runs it.
+GPUMON_SCRIPT = "scripts/gpumon.py"
 
 
-def identity_check(recipe: Recipe, worker: str, job_dir: str) -> str:
-    """The probe line of a worker script; it runs under the engine's own interpreter."""
+def preflight_needs(recipe: Recipe, role: str) -> list[str]:
+    """What a worker must be able to import before it loads weights."""
+    backend = recipe.engine.backend
+    needs = [] if backend is Backend.mocker else [backend.value]
+    if recipe.frontend.server == "dynamo":
+        needs.append("dynamo")
+    nixl = recipe.engine.require_nixl
+    if nixl is None:  # KV moves between prefill and decode engines over NIXL
+        nixl = role != "agg" and backend in (Backend.vllm, Backend.sglang)
+    if nixl:
+        needs.append("nixl")
+    return needs
+
+
+def environment_name(recipe: Recipe) -> str:
+    if recipe.container.runtime is ContainerRuntime.pyxis and recipe.container.image:
+        return f"image {recipe.container.image}"
+    return f"the worker environment ({recipe.engine.python})"
+
+
+def identity_check(recipe: Recipe, worker: str, job_dir: str, role: str = "decode") -> str:
+    """The probe line of a worker script; it runs under the engine's own interpreter, inside the
+    container: the preflight (engine, Dynamo, NIXL importable) and the recipe's identity pins."""
     argv = [recipe.engine.python, f"{job_dir}/{IDENTITY_PROBE}", "--backend", recipe.engine.backend.value,
-            "--model", recipe.model.path, "--expect", json.dumps(recipe.expect.worker_checks(), sort_keys=True)]
+            "--model", recipe.model.path, "--expect", json.dumps(recipe.expect.worker_checks(), sort_keys=True),
+            "--require", ",".join(preflight_needs(recipe, role)), "--where", environment_name(recipe)]
     out = shell_word(f"{job_dir}/provenance/{worker}") + '.n"$node_rank".json'
     return f"{shell_join(argv)} --out {out}"
 
@@ -174,17 +198,43 @@ def frontend_argv(recipe: Recipe) -> list[str]:
             *flags(fe.args)]
 
 
+INSTALL_TIMEOUT_S = 900.0
+# What dynamo.frontend and the Dynamo workers import beyond the engine (ai-dynamo's requirements
+# less kubernetes, redis and aisimulate, which they run without).
+DYNAMO_RUNTIME_DEPS = ("aiohttp", "msgspec", "prometheus-client", "pyzmq", "tqdm", "transformers", "zstandard", "uvloop")
+
+
+def install_script(recipe: Recipe) -> str:
+    spec = recipe.engine.dynamo_install
+    assert spec is not None
+    if spec.endswith(".whl"):
+        wheel = PurePosixPath(spec)
+        version = wheel.name.split("-")[1]
+        specs = ["--find-links", str(wheel.parent), str(wheel), f"ai-dynamo-runtime=={version}"]
+        what = f"from {wheel.name}"
+    else:
+        specs, what = [f"ai-dynamo=={spec}", f"ai-dynamo-runtime=={spec}"], spec
+    return fill(template("install.sh"), what=what, python=shell_word(recipe.engine.python), dynamo_specs=shell_join(specs),
+                runtime_deps=shell_join(list(DYNAMO_RUNTIME_DEPS)), backend=recipe.engine.backend.value)
+
+
 def infra_body(recipe: Recipe) -> str:
     fe = recipe.frontend
+    bin_dir = fe.infra_bin_dir
+    etcd_bin, nats_bin = (f"{bin_dir}/etcd", f"{bin_dir}/nats-server") if bin_dir else ("etcd", "nats-server")
+    where = f"in frontend.infra_bin_dir ({bin_dir})" if bin_dir else "on the host's PATH"
+    check = (f'for b in {shlex.quote(etcd_bin)} {shlex.quote(nats_bin)}; do command -v "$b" >/dev/null || '
+             f'{{ echo "[inferx] infra: $b not found {where}: run setup_scripts/provision_infra_bins.sh DIR on a node '
+             f'of this architecture and set frontend.infra_bin_dir: DIR" >&2; exit 1; }}; done')
     etcd = [
-        "etcd", "--name", "inferx", "--data-dir", "$state/etcd",
+        etcd_bin, "--name", "inferx", "--data-dir", "$state/etcd",
         "--listen-client-urls", f"http://0.0.0.0:{fe.etcd_port}",
         "--advertise-client-urls", f"http://$INFRA_ADDR:{fe.etcd_port}",
         "--listen-peer-urls", f"http://127.0.0.1:{fe.etcd_port + 1}",
         "--initial-advertise-peer-urls", f"http://127.0.0.1:{fe.etcd_port + 1}",
         "--initial-cluster", f"inferx=http://127.0.0.1:{fe.etcd_port + 1}",
     ]
-    nats = ["nats-server", "-js", "-a", "0.0.0.0", "-p", str(fe.nats_port), "--store_dir", "$state/nats"]
+    nats = [nats_bin, "-js", "-a", "0.0.0.0", "-p", str(fe.nats_port), "--store_dir", "$state/nats"]
 
     def line(argv: list[str]) -> str:
         # $state and $INFRA_ADDR are the script's own variables; keep them expandable.
@@ -192,6 +242,7 @@ def infra_body(recipe: Recipe) -> str:
 
     return "\n".join(
         [
+            check,
             "trap 'kill $(jobs -p) 2>/dev/null; wait' TERM INT EXIT",
             f"{line(etcd)} > \"$state/etcd.log\" 2>&1 &",
             f"{line(nats)} > \"$state/nats.log\" 2>&1 &",
@@ -203,8 +254,8 @@ def infra_body(recipe: Recipe) -> str:
     )
 
 
-def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None, *, python: str = "python3") -> RenderedJob:
-    """`python` is the interpreter that has inferx_slurm (the driver's), for the GPU samplers."""
+def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> RenderedJob:
+    """Every script of the job and the srun steps that run them."""
     plan = plan or plan_recipe(recipe)
     job_dir = str(PurePosixPath(job_dir))
     files: dict[str, str] = {}
@@ -223,6 +274,12 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None, *, python:
             body=infra_body(recipe),
         )
         steps.append(Step(name="infra", kind="infra", node=fe_node, script="scripts/infra.sh", startup_timeout_s=60))
+
+    if recipe.engine.dynamo_install:
+        files["scripts/install.sh"] = install_script(recipe)
+        for node in range(plan.total_nodes):
+            steps.append(Step(name=f"install.node{node}", kind="install", node=node, script="scripts/install.sh",
+                              startup_timeout_s=INSTALL_TIMEOUT_S))
 
     if dynamo_front:
         files["scripts/frontend.sh"] = fill(
@@ -257,15 +314,54 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None, *, python:
             )
     interval = recipe.benchmark.gpu_metrics_interval_s
     if interval:
+        files[GPUMON_SCRIPT] = resources.files("inferx_slurm").joinpath("runtime", "gpumon.py").read_text()
         files["scripts/gpumon.sh"] = fill(
-            template("gpumon.sh"), python=shell_word(python), out_dir=shell_word(f"{job_dir}/logs"), interval=shell_word(str(interval))
+            template("gpumon.sh"), script=shell_word(f"{job_dir}/{GPUMON_SCRIPT}"), out_dir=shell_word(f"{job_dir}/logs"),
+            interval=shell_word(str(interval)),
         )
         for node in range(plan.total_nodes):
             steps.append(Step(name=f"gpumon.node{node}", kind="monitor", node=node, gpus=plan.gpus_per_node, script="scripts/gpumon.sh"))
     return RenderedJob(job_dir=job_dir, files=files, steps=steps, env={"INFERX_JOB_DIR": job_dir})
 
 
-def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Optional[str] = None) -> list[str]:
+def container_name(job_id: str, node: int) -> str:
+    """One named container per node and job: pyxis creates it on the node's first step and
+    every later step of the job on that node reuses it (unnamed ones are unpacked per step)."""
+    return f"inferx-{job_id}-n{node}"
+
+
+# Steps that run in the engine's container; discovery and the GPU sampler run on the host:
+# the engine image has neither etcd nor NATS, and the sampler needs only a host Python.
+CONTAINER_STEPS = ("install", "frontend", "worker")
+
+
+def container_mounts(recipe: Recipe, job_dir: str) -> list[str]:
+    """What every container step sees at the same path as the host: the job dir (scripts, logs,
+    results), the staged models, the setup scripts' dirs, and the recipe's own mounts."""
+    paths = [job_dir]
+    if recipe.model.stage_dir:
+        paths.append(recipe.model.stage_dir)
+    paths += [str(PurePosixPath(s).parent) for s in recipe.setup_scripts]
+    mounts = [f"{p}:{p}" for p in dict.fromkeys(paths)]
+    return mounts + [m for m in recipe.container.mounts if m not in mounts]
+
+
+def pyxis_flags(recipe: Recipe, step: Step, job_dir: str, image: str, job_id: str) -> list[str]:
+    c = recipe.container
+    flags = [f"--container-image={image}", f"--container-name={container_name(job_id, step.node)}",
+             "--container-mounts=" + ",".join(container_mounts(recipe, job_dir))]
+    flags.append("--container-mount-home" if c.mount_home else "--no-container-mount-home")
+    if c.workdir:
+        flags.append(f"--container-workdir={c.workdir}")
+    if c.writable is not None:
+        flags.append("--container-writable" if c.writable else "--container-readonly")
+    if c.env:
+        flags.append("--container-env=" + ",".join(c.env))
+    return flags
+
+
+def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Optional[str] = None,
+              job_id: str = "JOBID") -> list[str]:
     """The srun command that starts one step on its node."""
     # Every step overlaps: engines need all of a node's CPUs and memory, which a step sized
     # by --exact would confine them away from. Worker steps see the node's GPUs and the
@@ -277,10 +373,8 @@ def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Option
         f"--job-name={step.name}", f"--output={job_dir}/logs/{step.name}.log", "--open-mode=append",
         "--kill-on-bad-exit=1",
     ]
-    if recipe.container.runtime is ContainerRuntime.pyxis and image and step.kind != "monitor":
-        argv.append(f"--container-image={image}")
-        mounts = [f"{job_dir}:{job_dir}", *recipe.container.mounts]
-        argv.append("--container-mounts=" + ",".join(mounts))
+    if recipe.container.runtime is ContainerRuntime.pyxis and image and step.kind in CONTAINER_STEPS:
+        argv += pyxis_flags(recipe, step, job_dir, image, job_id)
     argv += list(recipe.slurm.srun_args)
     argv += ["bash", f"{job_dir}/{step.script}"]
     if step.kind == "worker":

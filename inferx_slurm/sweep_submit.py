@@ -106,6 +106,9 @@ def submit_sweep(
             raise RecipeError("--resume", str(resume), f"holds sweep {man['name']!r}, not {recipe.name!r}: pass that sweep's results root")
         done = frozenset(done_points(resume))
     deployments, packs = plan_sweep(recipe, m, done, force=force)
+    from .interpreter import check_interpreter
+
+    check_interpreter(recipe)
     require_sbatch(env)
     if resume is not None:
         root = Path(resume).resolve()
@@ -142,7 +145,9 @@ def _submit_pack(recipe: Recipe, p: Pack, root: Path, env: dict[str, str]) -> li
     params = {**executor_params(shape, plan_recipe(shape)), "job_name": recipe.slurm.job_name or recipe.name,
               "time": max(1, recipe.slurm.minutes)}
     folder = root / f"submitit-{manifest.stem}"
-    executor = submitit.SlurmExecutor(folder=folder)
+    from .interpreter import node_python
+
+    executor = submitit.SlurmExecutor(folder=folder, python=node_python(shape))
     executor.update_parameters(**params)
     with _environ(env):
         try:

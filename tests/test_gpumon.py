@@ -22,9 +22,22 @@ def nvml_lib(tmp_path_factory):
     return out
 
 
+def standalone_sampler(tmp_path) -> Path:
+    """The sampler as a job carries it: one file in the job dir, written by render()."""
+    from conftest import local_recipe
+    from inferx_slurm.render import GPUMON_SCRIPT, render
+
+    job = render(local_recipe("mocker-1p1d.yaml"), str(tmp_path / "job"))
+    script = tmp_path / "gpumon.py"
+    script.write_text(job.files[GPUMON_SCRIPT])
+    assert f"python3 {tmp_path / 'job' / GPUMON_SCRIPT}" in job.files["scripts/gpumon.sh"]
+    return script
+
+
 def sample(tmp_path, env_extra, duration="1.2"):
     out = tmp_path / "gpu.jsonl"
-    subprocess.run([sys.executable, "-m", "inferx_slurm.runtime.gpumon", str(out), "--interval", "0.2", "--duration", duration],
+    # -I -S: no site-packages, no PYTHON* variables: a bare compute-node python3 runs it.
+    subprocess.run(["python3", "-I", "-S", str(standalone_sampler(tmp_path)), str(out), "--interval", "0.2", "--duration", duration],
                    check=True, env={**__import__("os").environ, **env_extra}, timeout=30)
     return out, [json.loads(line) for line in out.read_text().splitlines()]
 

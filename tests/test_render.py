@@ -90,13 +90,13 @@ def test_steps_and_srun_commands():
     r = load(CASES["gb200-2p1d-dep8-dep16"])
     job = render(r, JOB_DIR)
     kinds = [s.kind for s in job.steps]
-    assert kinds[:2] == ["infra", "frontend"] and kinds.count("worker") == 2 * 2 + 4
+    assert kinds[:10] == ["infra"] + ["install"] * 8 + ["frontend"] and kinds.count("worker") == 2 * 2 + 4
     leaders = [s.name for s in job.steps if s.kind == "worker" and s.leader]
     assert leaders == ["prefill-0.n0", "prefill-1.n0", "decode-0.n0"]
     step = next(s for s in job.steps if s.name == "decode-0.n2")
     argv = srun_argv(r, step, "gb-node-7", JOB_DIR, "/images/x.sqsh")
     assert "--nodelist=gb-node-7" in argv and "--gpus-per-node=4" in argv and "--overlap" in argv
-    fe = srun_argv(r, job.steps[1], "gb-node-0", JOB_DIR)
+    fe = srun_argv(r, next(s for s in job.steps if s.kind == "frontend"), "gb-node-0", JOB_DIR)
     assert "--gpus-per-node=0" in fe
     assert "--container-image=/images/x.sqsh" in argv
     assert argv[-3:] == ["bash", f"{JOB_DIR}/scripts/decode-0.sh", "2"]

@@ -167,7 +167,8 @@ class Driver:
                 continue
             host = self.hosts[st.node]
             rs = RunningStep(
-                step=st, host=host, argv=srun_argv(self.recipe, st, host, str(self.dir), image),
+                step=st, host=host, argv=srun_argv(self.recipe, st, host, str(self.dir), image,
+                                                   job_id=os.environ.get("SLURM_JOB_ID", "local")),
                 log=self.dir / "logs" / f"{st.name}.log",
             )
             rs.start(self.job.env)
@@ -208,7 +209,37 @@ class Driver:
             time.sleep(0.2)
         self.event("infra ready")
 
+    def _install(self) -> None:
+        """Dynamo into every node's container, all nodes at once; nothing else starts until each
+        install step has exited 0."""
+        if not any(s.kind == "install" for s in self.job.steps):
+            return
+        self._launch("install")
+        pending = [s for s in self.steps if s.step.kind == "install"]
+        started = time.time()
+        while pending:
+            self._watch_cancel()
+            for s in list(pending):
+                rc = s.poll()
+                if rc is None:
+                    if time.time() - started > s.step.startup_timeout_s:
+                        raise _FaultRaised(Fault("install", s, f"the Dynamo install did not finish within {s.step.startup_timeout_s:.0f} s.",
+                                                 host=s.host))
+                    continue
+                if rc != 0:
+                    raise _FaultRaised(Fault("install", s, f"the Dynamo install (engine.dynamo_install: "
+                                             f"{self.recipe.engine.dynamo_install}) failed on {s.host}.", host=s.host))
+                pending.remove(s)
+                self.steps.remove(s)  # done: its exit is not a fault of the deployment
+            time.sleep(0.2)
+        self.event("installed", seconds=round(time.time() - started, 2))
+
+    def _watch_cancel(self) -> None:
+        if self._cancel:
+            raise _FaultRaised(Fault("cancelled", None, f"run cancelled by {self._cancel}."))
+
     def _start_engines(self) -> None:
+        self._install()
         self._launch("frontend")
         self._launch("worker")
         self._launch("monitor")

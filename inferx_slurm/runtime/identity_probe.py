@@ -24,6 +24,18 @@ from importlib import metadata
 from pathlib import Path
 
 MISMATCH_EXIT = 3
+MISSING_EXIT = 4
+# What a worker needs importable, checked before weights load: (module, what it is, how to get it).
+# The engine and Dynamo are only located (importing vLLM costs seconds); NIXL is imported, since
+# its native bindings are what fails to load (seed: "NIXL is not available").
+NEEDS = {
+    "vllm": ("vllm", "vLLM", "use an image that ships it"),
+    "sglang": ("sglang", "SGLang", "use an image that ships it"),
+    "trtllm": ("tensorrt_llm", "TensorRT-LLM", "use an image that ships it"),
+    "dynamo": ("dynamo", "Dynamo", "install it into the container (engine.dynamo_install: 1.6.1, or a wheel)"),
+    "nixl": ("nixl._api", "NIXL", "install Dynamo with its NIXL into the container (engine.dynamo_install), "
+             "or use an image that ships nixl"),
+}
 # Distribution names differ between wheels and images; the first one installed answers.
 PACKAGES = {
     "dynamo": ("ai-dynamo", "ai-dynamo-runtime"),
@@ -140,13 +152,40 @@ def mismatches(report: dict, expect: dict[str, str]) -> list[str]:
     return problems
 
 
+def missing(require: list[str], where: str) -> list[str]:
+    """One line per required piece that does not import here."""
+    import importlib
+    import importlib.util
+
+    out = []
+    for key in require:
+        module, name, fix = NEEDS[key]
+        try:
+            if key == "nixl":
+                importlib.import_module(module)
+                ok = True
+            else:
+                ok = importlib.util.find_spec(module) is not None
+            why = "not installed"
+        except Exception as e:  # a native library that does not load is as missing as an absent one
+            ok, why = False, f"{type(e).__name__}: {e}"
+        if not ok:
+            out.append(f"{name} is not available in {where} ({why}): {fix}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--backend", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--expect", default="{}", help="JSON object of pins, e.g. {\"dynamo_version\": \"1.6.1\"}")
+    p.add_argument("--require", default="", help="comma-separated: " + ", ".join(NEEDS))
+    p.add_argument("--where", default="the worker environment", help="the image or environment, for the message")
     a = p.parse_args(argv)
+    gaps = missing([k for k in a.require.split(",") if k], a.where)
+    for line in gaps:
+        print(f"[inferx] preflight: {line}", file=sys.stderr, flush=True)
     packages = {key: version_of(names) for key, names in PACKAGES.items()}
     engine_pkg = ENGINE_PACKAGE.get(a.backend, a.backend)
     report = {
@@ -161,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     problems = mismatches(report, json.loads(a.expect))
     report["mismatches"] = problems
+    report["missing"] = gaps
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -170,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[inferx] identity: {shown or 'no known packages'}; model {report['model']['revision'] or 'unresolved'}", flush=True)
     for line in problems:
         print(f"[inferx] identity mismatch: {line}", file=sys.stderr, flush=True)
+    if gaps:
+        return MISSING_EXIT
     return MISMATCH_EXIT if problems else 0
 
 

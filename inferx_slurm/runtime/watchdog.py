@@ -12,7 +12,8 @@ from .steps import RunningStep, describe_exit
 HINTS = [
     # (substring in the log tail, what to do)
     ("Stale file handle", "several nodes wrote one shared cache at once: stage the model first (model.stage_dir) and serve with HF_HUB_OFFLINE=1"),
-    ("NIXL is not available", "the image has no NIXL bindings, which NixlConnector needs: use an image that ships nixl (e.g. install the dynamo wheel)"),
+    ("NIXL is not available", "the image has no NIXL bindings, which NixlConnector needs: install Dynamo with its NIXL into the container (engine.dynamo_install) or use an image that ships nixl"),
+    ("Dynamo is not available", "the image has no Dynamo: set engine.dynamo_install (a version or a wheel) so each node's container gets it before the workers start"),
     ("LocalEntryNotFoundError", "a hub download was attempted with HF_HUB_OFFLINE=1: stage the model (inferx-slurm model stage) and point model.path at it"),
     ("offline mode is enabled", "a hub download was attempted with HF_HUB_OFFLINE=1: stage the model (inferx-slurm model stage) and point model.path at it"),
     ("FileLock", "a build is waiting on a lock in a shared cache dir: every node needs its own TORCH_EXTENSIONS_DIR/TRITON_CACHE_DIR (the default; check recipe env overrides)"),

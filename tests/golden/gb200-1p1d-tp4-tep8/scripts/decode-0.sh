@@ -28,7 +28,7 @@ echo $$ > /shared/results/golden/logs/decode-0.n"$node_rank".pid
 :
 # What this node runs on (package versions, model revision, GPUs), checked against the
 # recipe's pins before any weights load: a mismatch exits here, in seconds.
-python3 /shared/results/golden/scripts/identity_probe.py --backend vllm --model /lustre/models/MiniMax-M3-FP8 --expect '{}' --out /shared/results/golden/provenance/decode-0.n"$node_rank".json
+python3 /shared/results/golden/scripts/identity_probe.py --backend vllm --model /lustre/models/MiniMax-M3-FP8 --expect '{}' --require vllm,dynamo,nixl --where 'image vllm/vllm-openai:minimax-m3' --out /shared/results/golden/provenance/decode-0.n"$node_rank".json
 case "$node_rank" in
   0)  # plan node 1 (leader)
     export CUDA_VISIBLE_DEVICES=0,1,2,3
