@@ -31,12 +31,13 @@ class CIOptions:
     out_dir: Optional[str] = None
     archive_max_bytes: int = 50 << 20
     poll_s: float = 2.0
+    site: Optional[str] = None  # site settings file; None: $INFERX_SITE or the user's default
 
 
 def _prepare(opts: CIOptions, env: CIEnv) -> Recipe:
     from .sweep import expand
 
-    recipe = Recipe.load(opts.recipe)
+    recipe = Recipe.load(opts.recipe, site=opts.site)
     sets = {**env.sets, **opts.sets}  # --set wins over the environment
     check_image_runtime(sets, recipe.container.runtime.value)
     recipe = recipe.with_overrides(sets) if sets else recipe

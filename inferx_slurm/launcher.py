@@ -26,6 +26,7 @@ from .interpreter import node_python
 from .plan import Plan, format_plan, plan_recipe
 from .recipe import ContainerRuntime, Recipe
 from .render import IDENTITY_PROBE, RenderedJob, render, shell_join, srun_argv
+from .site import settings_lines
 
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 # COMPLETING: the job's processes are gone and Slurm is cleaning up (for a dead node, until
@@ -85,6 +86,7 @@ def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = N
     job_dir = str(results_dir)
     job = render(engine or recipe, job_dir, plan)
     out = [f"# inferx-slurm launch --dry-run: {recipe.name} ({plan.topology})", "", format_plan(plan), ""]
+    out += ["# settings (recipe > site > default):", *(f"#   {line}" for line in settings_lines(recipe)), ""]
     out += [interpreter_line(recipe), ""]
     out += ["# ---- sbatch script (submitted through submitit) ----", sbatch_script(recipe, plan, f"{job_dir}/submitit")]
     out += [

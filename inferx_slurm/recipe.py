@@ -12,7 +12,7 @@ import os
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (
@@ -28,6 +28,9 @@ from pydantic import (
 
 from .errors import RecipeError
 from .topology import Topology
+
+if TYPE_CHECKING:
+    from .site import SiteSettings
 
 ROLES = ("prefill", "decode", "agg")
 # A petabyte: any larger size is a typo, and would overflow byte counts in the memory planner.
@@ -460,6 +463,8 @@ class Recipe(_Strict):
     sweep: Optional[SweepSpec] = None
     # The file the recipe was loaded from, for provenance (hash and git revision of its repo).
     _source: Optional[str] = PrivateAttr(default=None)
+    # Where each site-settable field came from (recipe / site FILE / default), for plan and dry-run.
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_serializer("topology")
     def _ser_topo(self, v: Topology) -> str:
@@ -504,17 +509,26 @@ class Recipe(_Strict):
     # --- I/O -------------------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "recipe") -> "Recipe":
+    def from_dict(cls, data: Any, *, source: str = "recipe", site: "Optional[SiteSettings]" = None) -> "Recipe":
+        """Validate a recipe mapping; fields it leaves unset come from ``site`` when given."""
+        from .site import apply_site
+
         if not isinstance(data, dict):
             raise RecipeError("<recipe>", type(data).__name__, f"{source} must be a mapping of recipe fields")
-        data = _normalize_role_env(expand_vars(data))
+        data, origins = apply_site(_normalize_role_env(expand_vars(data)), site)
         try:
-            return cls.model_validate(data)
+            recipe = cls.model_validate(data)
         except ValidationError as e:
             raise RecipeError.from_validation(e, model=cls) from None
+        recipe._origins = origins
+        return recipe
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recipe":
+    def load(cls, path: str | Path, *, site: "str | SiteSettings | None" = None) -> "Recipe":
+        """Read a recipe file. ``site``: a site file, settings, or None for the one in force
+        (``$INFERX_SITE``, else ``~/.config/inferx-slurm/site.yaml``; ``"none"`` for no site)."""
+        from .site import SiteSettings, load_site
+
         p = Path(path)
         if not p.is_file():
             raise RecipeError("recipe", str(path), "expected a readable YAML or JSON recipe file")
@@ -522,9 +536,15 @@ class Recipe(_Strict):
             data = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
             raise RecipeError("recipe", str(path), f"is not valid YAML: {e}") from None
-        recipe = cls.from_dict(data, source=str(path))
+        settings = site if isinstance(site, SiteSettings) else load_site(site)
+        recipe = cls.from_dict(data, source=str(path), site=settings)
         recipe._source = str(p.resolve())
         return recipe
+
+    @property
+    def origins(self) -> dict[str, str]:
+        """recipe / site FILE / default, for each field a site file may set."""
+        return dict(self._origins)
 
     @property
     def source(self) -> Optional[str]:
@@ -537,8 +557,11 @@ class Recipe(_Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, *, only_set: bool = False) -> str:
+        """The recipe as YAML; ``only_set`` leaves out what was left to the schema's defaults, so
+        a reader (a remote login node) applies its own site settings and defaults to those."""
+        data = self.model_dump(mode="json", exclude_none=True, exclude_unset=True) if only_set else self.to_dict()
+        return yaml.safe_dump(data, sort_keys=False)
 
     def with_overrides(self, sets: dict[str, Any]) -> "Recipe":
         """A copy with dotted-path fields replaced, validated again."""
@@ -547,6 +570,7 @@ class Recipe(_Strict):
             _set_dotted(data, dotted, value)
         out = Recipe.from_dict(data)
         out._source = self._source
+        out._origins = {**self._origins, **{k: "override" for k in sets if k in self._origins}}
         return out
 
 

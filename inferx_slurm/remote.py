@@ -225,7 +225,8 @@ class Remote:
         """Upload the validated recipe and run `launch` (or `ci`) with it, over one connection."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         with self.session() as client:
-            path = self.upload(recipe.to_yaml(), f"{recipe.name}-{stamp}.yaml", client=client)
+            # Only what this side set (recipe and site): the cluster's own site file fills the rest there.
+            path = self.upload(recipe.to_yaml(only_set=True), f"{recipe.name}-{stamp}.yaml", client=client)
             return self.run([subcommand, path, *args], client=client, **kw)
 
 

@@ -9,6 +9,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_RECIPES = REPO / "recipes" / "disagg" / "local"
+# The site file the GB200 recipes are written against (partition, interpreter, image/stage dirs).
+GB200_SITE = REPO / "examples" / "sites" / "gb200-lustre.yaml"
+
+# A developer's own ~/.config/inferx-slurm/site.yaml must not change what the tests see; tests
+# that exercise site settings name their file.
+os.environ.setdefault("INFERX_SITE", "none")
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from inferx_slurm import RunError, submit
 from inferx_slurm.recipe import Recipe
 from inferx_slurm.render import infra_body, render
 
-from conftest import REPO, local_recipe
+from conftest import GB200_SITE, REPO, local_recipe
 
 GB200 = REPO / "recipes/disagg/gb200/minimax-m3-2p1d-dep8-dep16-1k1k.yaml"
 PROBE = REPO / "inferx_slurm/runtime/identity_probe.py"
@@ -37,7 +37,7 @@ PYXIS_OPTIONS = {
 
 
 def dry_run_sruns(path: Path) -> list[list[str]]:
-    out = subprocess.run([sys.executable, "-m", "inferx_slurm", "launch", str(path), "--dry-run"],
+    out = subprocess.run([sys.executable, "-m", "inferx_slurm", "launch", str(path), "--dry-run", "--site", str(GB200_SITE)],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     return [shlex.split(line) for line in out.stdout.splitlines() if line.startswith("srun ")]

@@ -11,6 +11,7 @@ from inferx_slurm.render import render, shell_join, srun_argv
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parent.parent
+GB200_SITE = REPO / "examples" / "sites" / "gb200-lustre.yaml"
 JOB_DIR = "/shared/results/golden"
 
 CASES = {
@@ -21,10 +22,10 @@ CASES = {
 
 def load(path):
     # Pin the site variables the recipes read so the golden files do not depend on the caller.
-    keys = ("MODEL_DIR", "STAGE_DIR", "IMAGE_DIR", "SLURM_ACCOUNT")
+    keys = ("MODEL_DIR", "STAGE_DIR", "IMAGE_DIR", "SLURM_ACCOUNT", "INFERX_NODE_PYTHON", "INFRA_BIN_DIR")
     saved = {k: os.environ.pop(k, None) for k in keys}
     try:
-        return Recipe.load(path)
+        return Recipe.load(path, site=str(GB200_SITE))
     finally:
         for k, v in saved.items():
             if v is not None:

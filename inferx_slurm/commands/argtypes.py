@@ -23,3 +23,8 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
+
+
+def add_site_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", default=None, metavar="FILE",
+                   help="site settings file (default $INFERX_SITE, else ~/.config/inferx-slurm/site.yaml; 'none' for none)")

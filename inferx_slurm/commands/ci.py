@@ -9,13 +9,14 @@ import os
 from ..baseline import DEFAULT_THRESHOLDS, parse_thresholds
 from ..ci_env import parse_sets
 from ..ci_run import CIOptions, publish, run_ci
+from .argtypes import add_site_arg
 
 
 def run(args: argparse.Namespace) -> int:
     opts = CIOptions(
         recipe=args.recipe, sets=parse_sets(args.set), baseline=args.baseline,
         thresholds=parse_thresholds(args.threshold), results_dir=args.results_dir, out_dir=args.out_dir,
-        archive_max_bytes=int(args.archive_max_mb * (1 << 20)), poll_s=args.poll,
+        archive_max_bytes=int(args.archive_max_mb * (1 << 20)), poll_s=args.poll, site=args.site,
     )
     code, rep = run_ci(opts, os.environ)
     publish(rep, os.environ)
@@ -42,4 +43,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", metavar="DIR", help="where result JSONs and results.tar.gz go (default: $GITHUB_WORKSPACE, else .)")
     p.add_argument("--archive-max-mb", type=float, default=50.0, metavar="MB", help="size limit of results.tar.gz (default 50)")
     p.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between status polls (default 2)")
+    add_site_arg(p)
     p.set_defaults(func=run)

@@ -16,11 +16,12 @@ from ..sweep import expand
 from ..sweep_state import MANIFEST, done_points, format_progress, progress
 from ..sweep_state import rows as sweep_rows
 from ..sweep_submit import fit_deployments, plan_sweep, submit_sweep, sweep_mode
+from .argtypes import add_site_arg
 from .remote import add_remote_args, remote_from_args
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = Recipe.load(args.recipe)
+    recipe = Recipe.load(args.recipe, site=args.site)
     mode = "packed" if args.pack else args.mode
     if recipe.sweep is not None or mode or args.resume:
         return _run_sweep(args, recipe, mode)
@@ -172,6 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results-dir", metavar="DIR", help="where results go (default: results/NAME-TIMESTAMP)")
     p.add_argument("--mode", choices=["array", "jobs", "packed"], help="how a sweep goes to Slurm (default: the recipe's sweep.mode)")
     p.add_argument("--pack", action="store_true", help="same as --mode packed: deployments one after another in one allocation")
+    add_site_arg(p)
     p.add_argument("--resume", metavar="ROOT", help="a sweep's results root: run only the points not complete there")
     add_remote_args(p)
     p.set_defaults(func=run)

@@ -11,15 +11,17 @@ from ..errors import RecipeError
 from ..feasibility import format_memory, raise_errors
 from ..plan import format_plan, plan_recipe, plan_topology
 from ..recipe import Recipe
+from ..site import settings_json, settings_lines
 from ..sweep import expand
+from .argtypes import add_site_arg
 from ..topology import Topology
 
 
-def load_spec(spec: str, gpus_per_node: int | None) -> tuple[Recipe | None, Topology]:
+def load_spec(spec: str, gpus_per_node: int | None, site: str | None = None) -> tuple[Recipe | None, Topology]:
     """SPEC is a recipe file or a topology string."""
     looks_like_file = spec.endswith((".yaml", ".yml", ".json")) or "/" in spec
     if looks_like_file or Path(spec).is_file():
-        recipe = Recipe.load(spec)
+        recipe = Recipe.load(spec, site=site)
         if gpus_per_node:
             recipe = recipe.with_overrides({"slurm.gpus_per_node": gpus_per_node})
         return recipe, recipe.topology
@@ -29,7 +31,7 @@ def load_spec(spec: str, gpus_per_node: int | None) -> tuple[Recipe | None, Topo
 def run(args: argparse.Namespace) -> int:
     if args.gpus_per_node is not None and args.gpus_per_node < 1:
         raise RecipeError("--gpus-per-node", args.gpus_per_node, "expected a whole number >= 1")
-    recipe, topo = load_spec(args.spec, args.gpus_per_node)
+    recipe, topo = load_spec(args.spec, args.gpus_per_node, args.site)
     if recipe is None:
         plans = [(str(topo), plan_topology(topo, args.gpus_per_node or 4), None)]
     else:
@@ -39,12 +41,16 @@ def run(args: argparse.Namespace) -> int:
         fp = footprint(deployments[0].recipe)  # one model for every deployment: read its headers once
         plans = [(d.name, plan_recipe(d.recipe), plan_memory(d.recipe, fp)) for d in deployments]
     if args.json:
-        docs = [{**p.model_dump(mode="json"), **({"memory": m.model_dump(mode="json")} if m else {})} for _, p, m in plans]
+        settings = {"settings": settings_json(recipe)} if recipe is not None else {}
+        docs = [{**p.model_dump(mode="json"), **({"memory": m.model_dump(mode="json")} if m else {}), **settings}
+                for _, p, m in plans]
         print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
     else:
         blocks = []
         for name, p, m in plans:
             blocks.append(format_plan(p, title=name) + (f"\n\n{format_memory(m)}" if m else ""))
+        if recipe is not None:
+            blocks.append("\n".join(["settings (recipe > site > default):", *(f"  {line}" for line in settings_lines(recipe))]))
         print("\n\n".join(blocks))
         for _, _, m in plans:
             for w in m.warnings if m else []:
@@ -62,4 +68,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", metavar="SPEC", help="recipe file (.yaml/.json) or topology string")
     p.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per node (default: recipe/profile, or 4)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_site_arg(p)
     p.set_defaults(func=run)
