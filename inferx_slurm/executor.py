@@ -3,7 +3,6 @@ sbatch script a dry run prints is the one that would be submitted."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the local Slurm cluster needs (Slurm 22.05 on
 # Debian 12). Safe to re-run: it only touches apt when a binary is missing, and
-# never starts services (inferx_slurm.local_cluster runs its own daemons).
+# never starts services (inferx_slurm.localdev runs its own daemons).
 set -euo pipefail
 
 if [[ $(id -u) -ne 0 ]]; then

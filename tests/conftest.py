@@ -20,7 +20,7 @@ os.environ.setdefault("INFERX_SITE", "none")
 @pytest.fixture(scope="session")
 def cluster():
     """A 3-node local cluster with 4 fake GPUs a node; left as found (stopped only if we started it)."""
-    from inferx_slurm import local_cluster as lc
+    from inferx_slurm import localdev as lc
     from inferx_slurm.commands.local_cluster import _ensure_tiny_model
 
     state_dir = Path(os.environ.get("INFERX_LOCAL_CLUSTER_DIR", "/var/tmp/inferx-local-cluster"))

@@ -74,7 +74,7 @@ def test_ci_refuses_labels_the_recipe_does_not_serve(tmp_path):
 @pytest.fixture(scope="module")
 def amd_cluster(tmp_path_factory):
     """A second local cluster whose nodes pose as AMD: Slurm binds GPUs with ROCR_VISIBLE_DEVICES."""
-    from inferx_slurm import local_cluster as lc
+    from inferx_slurm import localdev as lc
 
     sd = Path(os.environ.get("INFERX_LOCAL_CLUSTER_DIR", "/var/tmp/inferx-local-cluster") + "-amd")
     info = lc.up(nodes=1, gpus_per_node=4, state_dir=sd, gpu_vendor="amd")

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from inferx_slurm import RunError, submit
-from inferx_slurm import local_cluster as lc
+from inferx_slurm import localdev as lc
 
 from conftest import REPO, local_recipe
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from inferx_slurm import local_cluster as lc
+from inferx_slurm import localdev as lc
+from inferx_slurm.localdev.daemons import is_ours, start_ticks
+from inferx_slurm.localdev.layout import OWNER_ENV, PARTITION, load_state
 
 pytestmark = pytest.mark.cluster
 
@@ -29,7 +31,7 @@ def _reap_abandoned_clusters() -> None:
             pid, ticks = (int(x) for x in (state_dir / OWNER_FILE).read_text().split())
         except (OSError, ValueError):
             continue  # no owner record: not ours to judge
-        if lc._start_ticks(pid) != ticks:
+        if start_ticks(pid) != ticks:
             lc.down(state_dir)
             shutil.rmtree(state_dir, ignore_errors=True)
 
@@ -41,7 +43,7 @@ def cluster():
     _reap_abandoned_clusters()
     state_dir = STATE_ROOT / f"ilc-test-{uuid.uuid4().hex[:8]}"
     state_dir.mkdir()
-    (state_dir / OWNER_FILE).write_text(f"{os.getpid()} {lc._start_ticks(os.getpid())}")
+    (state_dir / OWNER_FILE).write_text(f"{os.getpid()} {start_ticks(os.getpid())}")
     try:
         yield lc.up(nodes=NODES, gpus_per_node=GPUS, cpus_per_node=CPUS, state_dir=state_dir)
     finally:
@@ -85,7 +87,7 @@ def test_nodes_idle_with_gpus(cluster):
         assert f"gres/gpu={GPUS}" in fields["CfgTRES"]
         assert fields["CPUTot"] == str(CPUS)
     partitions = slurm(cluster, "sinfo", "-h", "-o", "%P %a %D").split()
-    assert partitions == [f"{lc.PARTITION}*", "up", str(NODES)]
+    assert partitions == [f"{PARTITION}*", "up", str(NODES)]
 
 
 def test_two_node_job_step_spans_both_nodes(cluster, tmp_path):
@@ -167,33 +169,33 @@ def test_restart_node_after_slurmd_killed(cluster):
     old_pid = lc.kill_node("node2", cluster.state_dir)
     info = lc.restart_node("node2", cluster.state_dir)
     assert info.node_states == {"node1": "idle", "node2": "idle"}
-    new_pid = lc._load(cluster.state_dir).procs["slurmd-node2"].pid
+    new_pid = load_state(cluster.state_dir).procs["slurmd-node2"].pid
     assert new_pid != old_pid
     assert Path(f"/proc/{new_pid}/cmdline").read_bytes().split(b"\0")[0] == b"slurmd"
 
 
 def test_up_is_idempotent_and_rejects_other_shape(cluster):
-    before = lc._load(cluster.state_dir).procs
+    before = load_state(cluster.state_dir).procs
     t0 = time.monotonic()
     again = lc.up(nodes=NODES, gpus_per_node=GPUS, cpus_per_node=CPUS, state_dir=cluster.state_dir)
     assert time.monotonic() - t0 < 5
     assert again.up and again.slurm_conf == cluster.slurm_conf
-    assert lc._load(cluster.state_dir).procs == before
+    assert load_state(cluster.state_dir).procs == before
     with pytest.raises(lc.ClusterError, match="down"):
         lc.up(nodes=NODES + 1, gpus_per_node=GPUS, cpus_per_node=CPUS, state_dir=cluster.state_dir)
 
 
 def test_down_is_idempotent_and_leaves_nothing(cluster):
     # Must stay the last test of this module: it stops the shared cluster.
-    procs = lc._load(cluster.state_dir).procs
+    procs = load_state(cluster.state_dir).procs
     assert {"slurmctld", "slurmdbd", "slurmd-node1", "slurmd-node2"} <= set(procs)
     lc.down(cluster.state_dir)
     lc.down(cluster.state_dir)
     assert not lc.status(cluster.state_dir).up
     # Start time + owner marker: a recycled pid cannot pass as one of ours.
-    survivors = [name for name, proc in procs.items() if lc._is_ours(proc, cluster.state_dir)]
+    survivors = [name for name, proc in procs.items() if is_ours(proc, cluster.state_dir)]
     assert survivors == []
-    marker = f"{lc._OWNER_ENV}={cluster.state_dir}".encode()
+    marker = f"{OWNER_ENV}={cluster.state_dir}".encode()
     leftovers = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

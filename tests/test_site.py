@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -105,7 +104,7 @@ def test_plan_and_dry_run_show_where_each_value_came_from(two_sites, tmp_path):
 
     dry = cli("launch", str(recipe), "--dry-run", "--site", str(a))
     assert dry.returncode == 0, dry.stderr
-    assert f"#   slurm.account" in dry.stdout and f"team-a" in dry.stdout and f"site {a}" in dry.stdout
+    assert "#   slurm.account" in dry.stdout and "team-a" in dry.stdout and f"site {a}" in dry.stdout
     assert "#SBATCH --partition=mine" in dry.stdout
 
 

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("tokenizers")
 
-from inferx_slurm import tiny_model as tm  # noqa: E402
+from inferx_slurm.localdev import tiny_model as tm  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Interpreters that may have transformers + jinja2 (the venvs setup_scripts/install_dynamo.sh makes).
@@ -57,7 +57,7 @@ def test_same_bytes_every_run_and_process(built, tmp_path):
     assert _digests(again) == _digests(dest)
     # A fresh interpreter with another hash seed trains the tokenizer to the same bytes.
     code = (
-        "import hashlib, json, sys; from inferx_slurm.tiny_model import model_files; "
+        "import hashlib, json, sys; from inferx_slurm.localdev.tiny_model import model_files; "
         "print(json.dumps({k: hashlib.sha256(v).hexdigest() for k, v in model_files().items()}))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO_ROOT)}

@@ -1,0 +1,5 @@
+import sys
+
+from .cluster import _main
+
+sys.exit(_main())
