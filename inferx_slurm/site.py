@@ -136,6 +136,8 @@ def read_site(path: str | Path) -> SiteSettings:
 
 def apply_site(data: dict[str, Any], site: Optional[SiteSettings]) -> tuple[dict[str, Any], dict[str, str]]:
     """Fill what the raw recipe leaves unset from the site; returns (data, origin of every site field)."""
+    from .recipe import _set_dotted
+
     data = copy.deepcopy(data)
     set_by_site = site.fields() if site else {}
     origins: dict[str, str] = {}
@@ -161,7 +163,10 @@ def apply_site(data: dict[str, Any], site: Optional[SiteSettings]) -> tuple[dict
             origins[dotted] = "recipe"
         else:
             origins[dotted] = f"{site.source} + recipe"
-        _put(data, dotted, merged)
+        try:
+            _set_dotted(data, dotted, merged)
+        except RecipeError:
+            pass  # the recipe's section is not a mapping: validation names it
     return data, origins
 
 
@@ -186,19 +191,6 @@ def _get(data: dict[str, Any], dotted: str) -> Any:
             return None
         node = node.get(part)
     return node
-
-
-def _put(data: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = data
-    for part in parts[:-1]:
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        if not isinstance(nxt, dict):
-            return  # the recipe's section is not a mapping: validation names it
-        node = nxt
-    node[parts[-1]] = value
 
 
 def settings_lines(recipe: Any) -> list[str]:
