@@ -171,17 +171,23 @@ def apply_site(data: dict[str, Any], site: Optional[SiteSettings]) -> tuple[dict
 
 
 def origin_lines(values: dict[str, Any], origins: dict[str, str]) -> list[str]:
-    """One line per site field: its value and where it came from."""
+    """One line per site field that has a value: the value and where it came from; then one
+    line naming the fields left unset."""
     width = max(len(k) for k in SITE_FIELDS)
     shown = {}
     for dotted in SITE_FIELDS:
         value = values.get(dotted)
-        text = "-" if value in (None, {}, []) else (
-            " ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict)
-            else " ".join(map(str, value)) if isinstance(value, list) else str(value))
+        if value in (None, {}, []):
+            continue
+        text = (" ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict)
+                else " ".join(map(str, value)) if isinstance(value, list) else str(value))
         shown[dotted] = text if len(text) <= 60 else text[:57] + "..."
-    vw = max(len(t) for t in shown.values())
-    return [f"{k:<{width}}  {shown[k]:<{vw}}  {origins.get(k, 'default')}" for k in SITE_FIELDS]
+    vw = max((len(t) for t in shown.values()), default=0)
+    lines = [f"{k:<{width}}  {t:<{vw}}  {origins.get(k, 'default')}" for k, t in shown.items()]
+    unset = [k for k in SITE_FIELDS if k not in shown]
+    if unset:
+        lines.append(f"unset: {', '.join(unset)}")
+    return lines
 
 
 def _get(data: dict[str, Any], dotted: str) -> Any:
