@@ -93,7 +93,7 @@ def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = N
         "# The batch script runs the driver on the first node; it resolves plan node i to the",
         "# allocation's i-th host (scontrol show hostnames) and starts these steps:",
     ]
-    image = recipe.container.image if recipe.container.runtime is ContainerRuntime.pyxis else None
+    image = dry_run_image(recipe, results_dir)
     for st in job.steps:
         out.append(shell_join(srun_argv(recipe, st, f"<node{st.node}>", job_dir, image, job_id="<jobid>")))
     out += ["", "# ---- benchmark client, once the deployment is ready ----"]
@@ -330,12 +330,26 @@ def stage_model_for(recipe: Recipe) -> Recipe:
     return recipe.with_overrides(sets)
 
 
+def _image_dir(recipe: Recipe, results_dir: Path) -> Path:
+    return Path(recipe.container.image_dir or results_dir.parent / "images")
+
+
+def dry_run_image(recipe: Recipe, results_dir: Path) -> Optional[str]:
+    """The .sqsh the steps will run: where `launch` imports the recipe's image before submitting."""
+    from .images import image_file_name, is_local_image
+
+    uri = recipe.container.image
+    if recipe.container.runtime is not ContainerRuntime.pyxis or not uri:
+        return None
+    return uri if is_local_image(uri) else str(_image_dir(recipe, results_dir) / image_file_name(uri))
+
+
 def import_image_for(recipe: Recipe, results_dir: Path) -> None:
     if recipe.container.runtime is not ContainerRuntime.pyxis or not recipe.container.image:
         return
     from .images import import_image
 
-    dest = Path(recipe.container.image_dir or results_dir.parent / "images")
+    dest = _image_dir(recipe, results_dir)
     res = import_image(recipe.container.image, dest, log=say, on_wait=wait_notice("another import"))
     atomic_write_json(results_dir / "image.json", {"uri": recipe.container.image, "path": str(res.path)})
     provenance.record_image(recipe, results_dir, Path(res.path))

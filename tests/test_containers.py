@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -62,6 +63,8 @@ def test_gb200_dry_run_one_named_container_per_node_shared_by_its_steps():
             continue
         assert name is not None and "--no-container-mount-home" in argv and "--container-writable" in argv, step
         assert "/lustre/staged-models:/lustre/staged-models" in opt(argv, "--container-mounts")
+        # the squashfs `launch` imports into the site's image dir before submitting, not the registry URI
+        assert re.fullmatch(r"/lustre/images/.+\.sqsh", opt(argv, "--container-image")), step
         by_node.setdefault(node, set()).add(name)
         kinds.setdefault(node, set()).add(step.split(".")[0].split("-")[0])
     assert len(by_node) == 8
