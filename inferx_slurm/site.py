@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import RecipeError
 
@@ -70,12 +70,16 @@ class SiteSettings(_SiteSection):
     setup_scripts: list[str] = Field(default_factory=list, description="scripts sourced on every node first")
 
     # Where the settings came from, for plan and dry-run output.
-    source: str = Field("site", exclude=True)
+    _source: str = PrivateAttr("site")
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     def fields(self) -> dict[str, Any]:
         """Dotted recipe path -> value, for every field this site sets."""
         out: dict[str, Any] = {}
-        data = self.model_dump(exclude={"source"})
+        data = self.model_dump()
         for section in ("slurm", "container", "model", "frontend", "benchmark"):
             for key, value in data[section].items():
                 if value not in (None, {}, []):
@@ -130,7 +134,7 @@ def read_site(path: str | Path) -> SiteSettings:
         site = SiteSettings.model_validate(expand_vars(data, "site"))
     except ValidationError as e:
         raise RecipeError.from_validation(e, prefix=f"site({p})", model=SiteSettings) from None
-    site.source = f"site {p}"
+    site._source = f"site {p}"
     return site
 
 
