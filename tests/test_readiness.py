@@ -42,25 +42,32 @@ def frontend():
 def test_counts_accepted_workers_per_role(frontend):
     url, answers = frontend
     answers["/v1/models/inferx/tiny-moe/ready"] = (200, READY)
-    assert accepted_workers(url, "inferx/tiny-moe") == {"prefill": 2, "decode": 1}
+    assert accepted_workers(url, "inferx/tiny-moe") == {"prefill": 2, "decode": 1, "agg": 0}
+
+
+def test_aggregated_workers_count_as_agg(frontend):
+    url, answers = frontend
+    answers["/v1/models/inferx/tiny-moe/ready"] = (200, {"model": "inferx/tiny-moe", "ready": True, "namespaces": {
+        "dynamo": {"ready": True, "worker_types": {"aggregated": {"workers": 2, "needs": []}}}}})
+    assert accepted_workers(url, "inferx/tiny-moe") == {"prefill": 0, "decode": 0, "agg": 2}
 
 
 def test_half_up_deployment_is_not_ready(frontend):
     url, answers = frontend
     answers["/v1/models/inferx/tiny-moe/ready"] = (503, HALF)
-    assert accepted_workers(url, "inferx/tiny-moe") == {"prefill": 1, "decode": 0}
+    assert accepted_workers(url, "inferx/tiny-moe") == {"prefill": 1, "decode": 0, "agg": 0}
 
 
 def test_no_worker_yet_and_no_endpoint(frontend):
     url, answers = frontend
     answers["/v1/models/inferx/tiny-moe/ready"] = (404, {"message": "Model not found", "code": 404})
-    assert accepted_workers(url, "inferx/tiny-moe") == {"prefill": 0, "decode": 0}
+    assert accepted_workers(url, "inferx/tiny-moe") == {"prefill": 0, "decode": 0, "agg": 0}
     # an older frontend without the endpoint: the caller falls back to /health
     assert accepted_workers(url, "other/model") is None
 
 
 def test_frontend_down():
-    assert accepted_workers("http://127.0.0.1:9", "m") == {"prefill": 0, "decode": 0}
+    assert accepted_workers("http://127.0.0.1:9", "m") == {"prefill": 0, "decode": 0, "agg": 0}
     assert served_models("http://127.0.0.1:9") == []
 
 
