@@ -82,13 +82,19 @@ def mutate(raw: dict, path: tuple, value: Any) -> dict:
     return data
 
 
-def dry_run(data: dict, where: Path) -> tuple[int, str]:
+def dry_run(data: dict, where: Path, site: dict | None = None, recipe: Path | None = None) -> tuple[int, str]:
+    """`launch --dry-run` of a mutated recipe, or of ``recipe`` with a mutated site file."""
     f = where / "mutated.yaml"
     f.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    extra = []
+    if site is not None:
+        sf = where / "site.yaml"
+        sf.write_text(yaml.safe_dump(site, allow_unicode=True), encoding="utf-8")
+        extra = ["--site", str(sf)]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            rc = main(["launch", str(f), "--dry-run", "--results-dir", str(where / "results")])
+            rc = main(["launch", str(recipe or f), "--dry-run", "--results-dir", str(where / "results"), *extra])
         except SystemExit as e:  # argparse's own usage errors
             rc = e.code
     return rc, err.getvalue()
@@ -99,9 +105,9 @@ def check(raw: dict, path: tuple, value: Any, where: Path) -> None:
     check_data(mutate(raw, path, value), f"{'.'.join(map(str, path))} = {shown}", where)
 
 
-def check_data(data: dict, what: str, where: Path) -> None:
+def check_data(data: dict, what: str, where: Path, site: dict | None = None, recipe: Path | None = None) -> None:
     try:
-        rc, err = dry_run(data, where)
+        rc, err = dry_run(data, where, site, recipe)
     except Exception as e:  # the defect this test exists to find
         pytest.fail(f"{what}: launch --dry-run raised {type(e).__name__}: {e}")
     assert rc in (0, 2), f"{what}: exit {rc}, stderr {err!r}"
@@ -153,6 +159,32 @@ def test_mutated_recipes_never_traceback(tmp_path, case, value, extra):
             except (IndexError, KeyError, TypeError):
                 pass  # an earlier mutation replaced the parent of this path
     check_data(data, ", ".join(what), tmp_path)
+
+
+SITES = sorted((REPO / "examples" / "sites").glob("*.yaml"))
+SITE_RAW = {p: yaml.safe_load(p.read_text()) for p in SITES}
+
+
+def _site_schema_paths() -> list[tuple]:
+    from inferx_slurm.site import SiteSettings
+
+    out = []
+    for name, f in SiteSettings.model_fields.items():
+        sub = getattr(f.annotation, "model_fields", None)
+        out += [(name, k) for k in sub] if sub else [(name,)]
+    return out
+
+
+def test_every_field_of_every_site_file(tmp_path):
+    """Site files get the same treatment: every field they set and every field the schema has."""
+    assert SITES, "no example site files"
+    recipe = REPO / "recipes" / "disagg" / "gb200" / "minimax-m3-2p1d-dep8-dep16-1k1k.yaml"
+    cases = [(site, path) for site in SITES for path in dict.fromkeys(_paths(SITE_RAW[site]) + _site_schema_paths())]
+    for i, (site, path) in enumerate(cases):
+        for value in (BAD_VALUES[i % len(BAD_VALUES)], BAD_VALUES[(i * 5 + 1) % len(BAD_VALUES)]):
+            shown = "<deleted>" if value is DELETE else repr(value)[:60]
+            check_data({}, f"site {site.name}: {'.'.join(map(str, path))} = {shown}", tmp_path,
+                       site=mutate(SITE_RAW[site], path, value), recipe=recipe)
 
 
 @pytest.mark.parametrize("section", _engine_sections(), ids=lambda s: ".".join(s))
