@@ -4,6 +4,7 @@ and exit code. The shell around the pure parts (ci_env, ci_report, baseline)."""
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -19,6 +20,7 @@ from .recipe import Recipe
 from .topology import Topology
 
 ARCHIVE_NAME = "results.tar.gz"
+REPORT_NAME = "ci-report.json"
 
 
 @dataclass
@@ -32,6 +34,7 @@ class CIOptions:
     archive_max_bytes: int = 50 << 20
     poll_s: float = 2.0
     site: Optional[str] = None  # site settings file; None: $INFERX_SITE or the user's default
+    report: Optional[str] = None  # also write the report as JSON here (how `ci --remote` gets it back)
 
 
 def _prepare(opts: CIOptions, env: CIEnv) -> Recipe:
@@ -85,6 +88,55 @@ def run_ci(opts: CIOptions, environ: Mapping[str, str], say=print) -> tuple[int,
     out_dir = Path(opts.out_dir or env.out_dir or ".").resolve()
     if handle is not None:
         _gather(rep, handle.results_dir, recipe, env, opts, out_dir)
+    if opts.report:
+        atomic_write_json(Path(opts.report), rep)
+    return rep["exit_code"], rep
+
+
+def run_ci_remote(opts: CIOptions, environ: Mapping[str, str], remote, say=print) -> tuple[int, dict[str, Any]]:
+    """`ci` on a login node over SSH: checked here, run there, result files and the report
+    copied back here, so the step summary, outputs and baseline gate work as for a local run."""
+    rep: dict[str, Any] = {"name": Path(opts.recipe).stem, "exit_code": cr.EXIT_OK, "category": None, "warnings": []}
+    env = CIEnv()
+    try:
+        env = from_environ(environ)
+        rep["env_used"] = env.used
+        recipe = _prepare(opts, env)  # a bad recipe or variable never leaves this machine
+    except RecipeError as e:
+        rep.update(category="recipe", exit_code=cr.EXIT_RECIPE, diagnosis=str(e))
+        return rep["exit_code"], rep
+    out_dir = Path(opts.out_dir or env.out_dir or ".").resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    # The matrix variables name and label the result files there as they would here.
+    remote.env = {**remote.env, **env.used}
+    with remote.session() as client:
+        path = remote.upload(recipe.to_yaml(only_set=True), f"{recipe.name}-{stamp}.yaml", client=client)
+        rdir = f"{path.rsplit('/', 1)[0]}/ci-{recipe.name}-{stamp}"
+        remote.env.update(GITHUB_STEP_SUMMARY=f"{rdir}/summary.md", GITHUB_OUTPUT=f"{rdir}/outputs")
+        argv = ["ci", path, "--out-dir", rdir, "--report", f"{rdir}/{REPORT_NAME}", "--poll", str(opts.poll_s),
+                "--archive-max-mb", str(opts.archive_max_bytes / (1 << 20))]
+        if opts.results_dir:
+            argv += ["--results-dir", opts.results_dir]
+        code = remote.run(argv, client=client, out=say)
+        got = remote.download_dir(rdir, out_dir, client=client)
+    report = out_dir / REPORT_NAME
+    for extra in (report, out_dir / "summary.md", out_dir / "outputs"):
+        if extra not in got:
+            continue
+        if extra == report:
+            rep = read_json(report)
+        extra.unlink()
+    if report not in got:
+        rep.update(category="internal", exit_code=code or cr.EXIT_INTERNAL,
+                   diagnosis=f"the remote ci run exited {code} and left no report; its output is above")
+        return rep["exit_code"], rep
+    rep["files"] = [f.replace(rdir, str(out_dir)) for f in rep.get("files", [])]
+    if rep.get("archive"):
+        rep["archive"] = rep["archive"].replace(rdir, str(out_dir))
+    if rep.get("results_dir"):
+        rep["results_dir"] = f"{remote.target or remote.host}:{rep['results_dir']}"
+    if opts.baseline and rep["exit_code"] == cr.EXIT_OK:
+        _gate(rep, rep.get("rows", []), rep.get("provenance_doc"), opts)
     return rep["exit_code"], rep
 
 
@@ -123,21 +175,9 @@ def _gather(rep: dict[str, Any], results_dir: Path, recipe: Recipe, env: CIEnv, 
     if rep["exit_code"] in (cr.EXIT_OK, cr.EXIT_BENCHMARK) and rows:
         files += _write_results(rows, recipe, env, plan, out_dir, rep.get("job_id"))
 
+    rep["provenance_doc"] = prov
     if opts.baseline and rep["exit_code"] == cr.EXIT_OK:
-        try:
-            checks, warns = gate(load_rows(opts.baseline), rows, DEFAULT_THRESHOLDS if opts.thresholds is None else opts.thresholds)
-        except RecipeError as e:
-            checks, warns = [], [str(e)]
-        rep.update(checks=checks, baseline=opts.baseline)
-        rep["warnings"] += warns
-        bad = [c for c in checks if c["regressed"]]
-        if bad:
-            rep.update(category="regression", exit_code=cr.EXIT_REGRESSION, diagnosis="\n".join(
-                f"{c['metric']} at ISL {c['isl']} OSL {c['osl']} conc {c['concurrency']}: {c['base']:.2f} -> {c['new']:.2f} "
-                f"({c['change_pct']:+.1f}%, allowed {c['worse_allowed_pct']:.0f}% worse)" for c in bad))
-        base_prov = provenance.load(opts.baseline)
-        if base_prov:
-            rep["warnings"] += [f"differs from the baseline: {d}" for d in provenance.differences(base_prov, prov)]
+        _gate(rep, rows, prov, opts)
 
     if rep.get("diagnosis") is None and (results_dir / "diagnosis.txt").exists():
         rep["diagnosis"] = (results_dir / "diagnosis.txt").read_text()
@@ -151,6 +191,24 @@ def _gather(rep: dict[str, Any], results_dir: Path, recipe: Recipe, env: CIEnv, 
         rep["warnings"].append(f"archive not written: {e}")
     rep["files"] = files
     atomic_write_json(results_dir / "ci-report.json", rep)
+
+
+def _gate(rep: dict[str, Any], rows: list[dict[str, Any]], prov: Optional[dict[str, Any]], opts: CIOptions) -> None:
+    """Compare with --baseline: a drop beyond a metric's threshold is a regression (exit 5)."""
+    try:
+        checks, warns = gate(load_rows(opts.baseline), rows, DEFAULT_THRESHOLDS if opts.thresholds is None else opts.thresholds)
+    except RecipeError as e:
+        checks, warns = [], [str(e)]
+    rep.update(checks=checks, baseline=opts.baseline)
+    rep["warnings"] += warns
+    bad = [c for c in checks if c["regressed"]]
+    if bad:
+        rep.update(category="regression", exit_code=cr.EXIT_REGRESSION, diagnosis="\n".join(
+            f"{c['metric']} at ISL {c['isl']} OSL {c['osl']} conc {c['concurrency']}: {c['base']:.2f} -> {c['new']:.2f} "
+            f"({c['change_pct']:+.1f}%, allowed {c['worse_allowed_pct']:.0f}% worse)" for c in bad))
+    base_prov = provenance.load(opts.baseline)
+    if base_prov:
+        rep["warnings"] += [f"differs from the baseline: {d}" for d in provenance.differences(base_prov, prov)]
 
 
 def _write_results(rows: list[dict[str, Any]], recipe: Recipe, env: CIEnv, plan: dict[str, Any], out_dir: Path,

@@ -221,6 +221,29 @@ class Remote:
         finally:
             sftp.close()
 
+    def download_dir(self, remote_dir: str, local_dir: Path, *, client) -> list[Path]:
+        """Copy the plain files of a remote dir into local_dir (each under a temporary name, then
+        renamed, so a reader never sees half a file); returns the local paths."""
+        import stat as stat_mod
+
+        sftp = client.open_sftp()
+        got = []
+        try:
+            local_dir.mkdir(parents=True, exist_ok=True)
+            for entry in sftp.listdir_attr(remote_dir):
+                if not stat_mod.S_ISREG(entry.st_mode or 0):
+                    continue
+                final = local_dir / entry.filename
+                tmp = local_dir / f".{entry.filename}.part"
+                sftp.get(f"{remote_dir}/{entry.filename}", str(tmp))
+                tmp.replace(final)
+                got.append(final)
+        except FileNotFoundError:
+            return got
+        finally:
+            sftp.close()
+        return got
+
     def launch(self, recipe: Recipe, args: list[str], *, subcommand: str = "launch", **kw) -> int:
         """Upload the validated recipe and run `launch` (or `ci`) with it, over one connection."""
         stamp = time.strftime("%Y%m%d-%H%M%S")

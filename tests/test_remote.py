@@ -198,3 +198,37 @@ def test_remote_alias_launch_through_bastion_runs_on_the_cluster(sshd, bastion, 
     assert (tmp_path / "run" / "summary.json").exists()
     log = bastion["log"].read_text()
     assert f"target 127.0.0.1 port {sshd['port']}" in log
+
+
+@pytest.mark.cluster
+def test_ci_remote_brings_the_result_files_and_report_back(sshd, cluster, tmp_path):
+    """A runner outside the cluster: `ci --remote` checks here, runs on the login node, and
+    leaves the result files, step summary and outputs here as a local run would; the baseline
+    gate runs here against the runner's own baseline files."""
+    import json
+
+    def ci(ws: Path, *extra: str):
+        ws.mkdir()
+        gha = {"GITHUB_ACTIONS": "true", "GITHUB_WORKSPACE": str(ws), "GITHUB_STEP_SUMMARY": str(ws.parent / f"{ws.name}.md"),
+               "GITHUB_OUTPUT": str(ws.parent / f"{ws.name}.out"), "RESULT_FILENAME": "m3_remote"}
+        return cli("ci", "recipes/disagg/local/mocker-1p1d.yaml", "--remote", f"root@127.0.0.1:{sshd['port']}",
+                   *ssh_args(sshd, "--remote-env", f"SLURM_CONF={cluster.slurm_conf}",
+                             "--remote-env", f"INFERX_LOCAL_CLUSTER_DIR={cluster.state_dir}"), *extra, env={**os.environ, **gha})
+
+    out = ci(tmp_path / "ws")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    names = sorted(p.name for p in (tmp_path / "ws").iterdir())
+    assert names == ["agg_m3_remote_isl_128_osl_32_conc1_gpus_2_ctx_1_gen_1.json", "agg_m3_remote_isl_128_osl_32_conc4_gpus_2_ctx_1_gen_1.json",
+                     "m3_remote_isl_128_osl_32_conc1_gpus_2_ctx_1_gen_1.json", "m3_remote_isl_128_osl_32_conc4_gpus_2_ctx_1_gen_1.json",
+                     "results.tar.gz"]
+    doc = json.loads((tmp_path / "ws" / names[1]).read_text())
+    assert doc["conc"] == 4 and doc["tput_per_gpu"] > 0
+    summary = (tmp_path / "ws.md").read_text()
+    assert ": passed" in summary and f"127.0.0.1:{sshd['port']}:" in summary and str(tmp_path / "ws" / names[0]) in summary
+    outputs = dict(line.split("=", 1) for line in (tmp_path / "ws.out").read_text().splitlines() if "=" in line)
+    assert outputs["outcome"] == "passed" and float(outputs["best_tput_per_gpu"]) > 0 and outputs["job_id"]
+
+    slow = ci(tmp_path / "ws2", "--set", "engine.args.speedup-ratio=1", "--baseline", str(tmp_path / "ws" / names[1]))
+    assert slow.returncode == 5, slow.stdout[-3000:] + slow.stderr[-3000:]
+    assert "::error title=inferx-slurm regression (exit 5)::tput_per_gpu at ISL 128 OSL 32 conc 4" in slow.stdout
+    assert "REGRESSION" in (tmp_path / "ws2.md").read_text()

@@ -8,17 +8,21 @@ import os
 
 from ..baseline import DEFAULT_THRESHOLDS, parse_thresholds
 from ..ci_env import parse_sets
-from ..ci_run import CIOptions, publish, run_ci
+from ..ci_run import CIOptions, publish, run_ci, run_ci_remote
 from .argtypes import add_site_arg
+from .remote import add_remote_args, remote_from_args
 
 
 def run(args: argparse.Namespace) -> int:
     opts = CIOptions(
         recipe=args.recipe, sets=parse_sets(args.set), baseline=args.baseline,
         thresholds=parse_thresholds(args.threshold), results_dir=args.results_dir, out_dir=args.out_dir,
-        archive_max_bytes=int(args.archive_max_mb * (1 << 20)), poll_s=args.poll, site=args.site,
+        archive_max_bytes=int(args.archive_max_mb * (1 << 20)), poll_s=args.poll, site=args.site, report=args.report,
     )
-    code, rep = run_ci(opts, os.environ)
+    if args.remote:
+        code, rep = run_ci_remote(opts, os.environ, remote_from_args(args))
+    else:
+        code, rep = run_ci(opts, os.environ)
     publish(rep, os.environ)
     return code
 
@@ -43,5 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", metavar="DIR", help="where result JSONs and results.tar.gz go (default: $GITHUB_WORKSPACE, else .)")
     p.add_argument("--archive-max-mb", type=float, default=50.0, metavar="MB", help="size limit of results.tar.gz (default 50)")
     p.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between status polls (default 2)")
+    p.add_argument("--report", metavar="FILE", help="also write the run's report (rows, checks, diagnosis, provenance) as JSON to FILE")
     add_site_arg(p)
+    add_remote_args(p)
     p.set_defaults(func=run)

@@ -112,8 +112,10 @@ class Driver:
         self._benchmark()
 
     def teardown(self) -> None:
+        t0 = time.time()
         self._stop_client()
         stop_all(self.steps)
+        self.event("torn down", seconds=round(time.time() - t0, 2))
 
     def finish(self) -> dict[str, Any]:
         self._record_provenance()
