@@ -180,23 +180,34 @@ def role_points(recipe: Recipe, role: str) -> list[Point]:
 # ---- the plan ------------------------------------------------------------------------------
 
 
-def draft_model_bytes(recipe: Recipe) -> int:
-    """The speculative draft's weights when its checkpoint is local (a hub id counts as 0: unknown)."""
+def draft_model_bytes(recipe: Recipe) -> Optional[int]:
+    """The speculative draft's weights: measured from a local checkpoint, else the recipe's
+    speculative.draft_gb; None when there is a separate draft of unknown size."""
     spec = recipe.speculative
-    gb = local_weights_gb(spec.draft_model) if spec and spec.draft_model else None
-    return int(gb * 1e9) if gb else 0
+    if spec is None or not spec.draft_model:
+        return 0
+    gb = local_weights_gb(spec.draft_model)
+    if gb is None:
+        gb = spec.draft_gb
+    return None if gb is None else int(gb * 1e9)
 
 
 def plan_memory(recipe: Recipe, fp: Optional[Footprint], *, draft_bytes: Optional[int] = None) -> Optional[MemoryPlan]:
     """Every role's memory for a recipe and footprint; None when GPU memory or the model size is unknown."""
+    draft_unknown = False
     if draft_bytes is None:
-        draft_bytes = draft_model_bytes(recipe)
+        measured = draft_model_bytes(recipe)
+        draft_unknown, draft_bytes = measured is None, measured or 0
     gpu = gpu_memory_gb(recipe)
     if gpu is None or fp is None:
         return None
     plan = plan_recipe(recipe)
     prof = PROFILES[recipe.profile]
     roles, errors, warnings = [], [], []
+    if draft_unknown:
+        assert recipe.speculative is not None
+        warnings.append(f"speculative.draft_model {recipe.speculative.draft_model} is not a local checkpoint: its weights are not "
+                        "counted; set speculative.draft_gb (or stage it locally) for a plan that includes them")
     for role in dict.fromkeys(w.role for w in plan.workers):
         eng = engine_memory(recipe, plan, role)
         if eng is None:

@@ -269,6 +269,10 @@ class SpeculativeSpec(_Strict):
         None, description="draft checkpoint (local dir or HF repo id); required for eagle/eagle3, staged with the model"
     )
     num_speculative_tokens: int = Field(ge=1, le=64, description="tokens the draft proposes per step")
+    draft_gb: Optional[float] = Field(
+        None, ge=0, le=MAX_GB, description="the draft's weights (GB) for the memory planner when draft_model is not a local "
+        "checkpoint it can measure; replicated on every DP rank and sharded over TP like the embeddings"
+    )
     config: dict[str, Any] = Field(
         default_factory=dict, description="extra keys for the engine's speculative config (vLLM --speculative-config JSON)"
     )

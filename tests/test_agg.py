@@ -111,6 +111,26 @@ def test_speculative_config_for_vllm_and_sglang():
     assert flag(sg, "--speculative-num-steps") == "3" and flag(sg, "--speculative-num-draft-tokens") == "4"
 
 
+def test_draft_weights_are_planned_or_the_plan_says_they_are_not(tmp_path):
+    from inferx_slurm.feasibility import memory_plan
+
+    hub = seed("h200/minimax-m3-tp8-eagle3-1k1k.yaml", **{"speculative.draft_gb": None})
+    stated = seed("h200/minimax-m3-tp8-eagle3-1k1k.yaml", **{"speculative.draft_gb": 8.0})
+    unknown, known = memory_plan(hub), memory_plan(stated)
+    assert any("draft_gb" in w and "not counted" in w for w in unknown.warnings)
+    assert not any("draft" in w for w in known.warnings)
+    # sharded over TP8 like the embeddings: 1 GB more a GPU, 1 GB less KV cache
+    assert known.roles[0].other_gb - unknown.roles[0].other_gb == pytest.approx(1.0, abs=0.01)
+    assert unknown.roles[0].kv_gb - known.roles[0].kv_gb == pytest.approx(1.0, abs=0.01)
+    # a local draft checkpoint is measured, whatever draft_gb says
+    local = tmp_path / "eagle3"
+    local.mkdir()
+    with open(local / "model.safetensors", "wb") as f:
+        f.truncate(16 * 10**9)  # sparse: 16 GB described, nothing written
+    measured = memory_plan(seed("h200/minimax-m3-tp8-eagle3-1k1k.yaml", **{"speculative.draft_model": str(local), "speculative.draft_gb": 1.0}))
+    assert measured.roles[0].other_gb - unknown.roles[0].other_gb == pytest.approx(2.0, abs=0.01)
+
+
 def test_eagle_needs_a_draft_model():
     with pytest.raises(RecipeError) as e:
         seed("h200/minimax-m3-tp8-eagle3-1k1k.yaml", **{"speculative.draft_model": None})
