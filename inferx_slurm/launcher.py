@@ -82,11 +82,13 @@ def interpreter_line(recipe: Recipe) -> str:
 
 def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = None) -> str:
     """Everything `launch` would submit and run, with nothing written or submitted."""
+    settings = settings_lines(recipe)  # as the user wrote them, before staging rewrites the model's path
+    recipe, engine = dry_run_staged(recipe), (dry_run_staged(engine) if engine is not None else None)
     plan = plan_recipe(recipe)
     job_dir = str(results_dir)
     job = render(engine or recipe, job_dir, plan)
     out = [f"# inferx-slurm launch --dry-run: {recipe.name} ({plan.topology})", "", format_plan(plan), ""]
-    out += ["# settings (recipe > site > default):", *(f"#   {line}" for line in settings_lines(recipe)), ""]
+    out += ["# settings (recipe > site > default):", *(f"#   {line}" for line in settings), ""]
     out += [interpreter_line(recipe), ""]
     out += ["# ---- sbatch script (submitted through submitit) ----", sbatch_script(recipe, plan, f"{job_dir}/submitit")]
     out += [
@@ -311,6 +313,28 @@ def check_feasible(recipe: Recipe, *, force: bool = False) -> Any:
 
 # Images and models are made ready once, under a lock, before the allocation starts burning
 # nodes: many nodes pulling one image or checkpoint at once is what corrupts shared filesystems.
+
+
+def dry_run_staged(recipe: Recipe) -> Recipe:
+    """The recipe as `launch` serves it after staging (model.stage_dir): the staged copy's path
+    and the offline environment, computed without copying anything."""
+    if not recipe.model.stage_dir:
+        return recipe
+    from .staging import StageSourceError, serving_env, staged_name
+
+    def where(src: str) -> str:
+        try:
+            name = staged_name(src)
+        except StageSourceError:  # not reachable from here (a cluster path seen from a laptop): its last part
+            name = Path(src).name
+        return str(Path(recipe.model.stage_dir or "") / name)
+
+    sets: dict[str, Any] = {"model.path": where(recipe.model.path)}
+    sets["env"] = {**serving_env(sets["model.path"]), **recipe.env}
+    spec = recipe.speculative
+    if spec and spec.draft_model:
+        sets["speculative.draft_model"] = where(spec.draft_model)
+    return recipe.with_overrides(sets)
 
 
 def stage_model_for(recipe: Recipe) -> Recipe:

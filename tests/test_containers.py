@@ -75,6 +75,17 @@ def test_gb200_dry_run_one_named_container_per_node_shared_by_its_steps():
     assert "frontend" in kinds["<node0>"]
 
 
+def test_dry_run_serves_the_staged_copy_offline(tmp_path):
+    """With the site's stage dir, `launch` stages the checkpoint and serves the copy with the Hub
+    switched off; the dry run shows exactly that, without copying anything."""
+    out = subprocess.run([sys.executable, "-m", "inferx_slurm", "launch", str(GB200), "--dry-run", "--site", str(GB200_SITE)],
+                         capture_output=True, text=True, cwd=REPO, timeout=120, env={**os.environ, "MODEL_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    engines = [line for line in out.stdout.splitlines() if "-m dynamo.vllm" in line]
+    assert engines and all("--model /lustre/staged-models/MiniMax-M3-FP8 " in line for line in engines)
+    assert "export HF_HUB_OFFLINE=1" in out.stdout and "export INFERX_MODEL_PATH=/lustre/staged-models/MiniMax-M3-FP8" in out.stdout
+
+
 def test_gb200_scripts_install_dynamo_with_nixl_and_preflight_it():
     r = Recipe.load(GB200)
     job = render(r, "/j")
