@@ -128,7 +128,13 @@ def _resolve_source(src: str | Path) -> _Source:
     if not text:
         raise StageSourceError("no model source given; pass a local directory, an HF cache snapshot or a repo id")
     path = Path(text).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as e:  # e.g. a name longer than the filesystem allows
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise StageSourceError(f"model source {shown} is not a usable path ({e.strerror}); pass a checkpoint "
+                               "directory, an HF cache snapshot or a repo id ORG/NAME") from None
+    if is_dir:
         root = path.resolve()
         if (m := _HF_SNAPSHOT_RE.fullmatch(root.name)) and (snap := _hf_repo_snapshot(root)):
             root = snap
@@ -138,7 +144,7 @@ def _resolve_source(src: str | Path) -> _Source:
         else:
             name = root.name
         return _Source(kind="local", ident=str(root), name=name, root=root)
-    if path.exists():
+    if exists:
         raise StageSourceError(f"model source {text} is not a directory; pass the checkpoint's directory")
     m = _REPO_ID_RE.fullmatch(text)
     if m is None or text.startswith((".", "/", "~")):

@@ -130,6 +130,13 @@ def test_missing_source_is_a_user_error(tmp_path, src):
         stage_model(src, tmp_path / "models")
 
 
+def test_unusable_path_is_a_user_error(tmp_path):
+    with pytest.raises(StageSourceError, match="is not a usable path .File name too long") as info:
+        stage_model("m" * 300, tmp_path / "models")
+    assert info.value.exit_code == 2 and len(str(info.value)) < 300
+    assert not (tmp_path / "models").exists()
+
+
 def test_bad_sources_are_rejected(tmp_path):
     f = tmp_path / "file.bin"
     f.write_bytes(b"x")
