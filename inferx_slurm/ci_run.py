@@ -119,17 +119,17 @@ def run_ci_remote(opts: CIOptions, environ: Mapping[str, str], remote, say=print
             argv += ["--results-dir", opts.results_dir]
         code = remote.run(argv, client=client, out=say)
         got = remote.download_dir(rdir, out_dir, client=client)
+    # The remote's own summary and outputs are redone here from its report; none stay behind.
+    for name in ("summary.md", "outputs"):
+        if out_dir / name in got:
+            (out_dir / name).unlink()
     report = out_dir / REPORT_NAME
-    for extra in (report, out_dir / "summary.md", out_dir / "outputs"):
-        if extra not in got:
-            continue
-        if extra == report:
-            rep = read_json(report)
-        extra.unlink()
     if report not in got:
         rep.update(category="internal", exit_code=code or cr.EXIT_INTERNAL,
                    diagnosis=f"the remote ci run exited {code} and left no report; its output is above")
         return rep["exit_code"], rep
+    rep = read_json(report)
+    report.unlink()
     rep["files"] = [f.replace(rdir, str(out_dir)) for f in rep.get("files", [])]
     if rep.get("archive"):
         rep["archive"] = rep["archive"].replace(rdir, str(out_dir))

@@ -315,12 +315,25 @@ def check_feasible(recipe: Recipe, *, force: bool = False) -> Any:
 # nodes: many nodes pulling one image or checkpoint at once is what corrupts shared filesystems.
 
 
+def _serve_staged(recipe: Recipe, staged: Callable[[str], str]) -> Recipe:
+    """The recipe pointed at its staged model (and draft), served with the Hub switched off;
+    ``staged`` maps a source to where its staged copy is."""
+    from .staging import serving_env
+
+    sets: dict[str, Any] = {"model.path": staged(recipe.model.path)}
+    sets["env"] = {**serving_env(sets["model.path"]), **recipe.env}
+    spec = recipe.speculative
+    if spec and spec.draft_model:
+        # The draft is read at engine start like the model: the same race, the same cure.
+        sets["speculative.draft_model"] = staged(spec.draft_model)
+    return recipe.with_overrides(sets)
+
+
 def dry_run_staged(recipe: Recipe) -> Recipe:
-    """The recipe as `launch` serves it after staging (model.stage_dir): the staged copy's path
-    and the offline environment, computed without copying anything."""
+    """The recipe as `launch` serves it after staging (model.stage_dir), computed without copying."""
     if not recipe.model.stage_dir:
         return recipe
-    from .staging import StageSourceError, serving_env, staged_name
+    from .staging import StageSourceError, staged_name
 
     def where(src: str) -> str:
         try:
@@ -329,29 +342,17 @@ def dry_run_staged(recipe: Recipe) -> Recipe:
             name = Path(src).name
         return str(Path(recipe.model.stage_dir or "") / name)
 
-    sets: dict[str, Any] = {"model.path": where(recipe.model.path)}
-    sets["env"] = {**serving_env(sets["model.path"]), **recipe.env}
-    spec = recipe.speculative
-    if spec and spec.draft_model:
-        sets["speculative.draft_model"] = where(spec.draft_model)
-    return recipe.with_overrides(sets)
+    return _serve_staged(recipe, where)
 
 
 def stage_model_for(recipe: Recipe) -> Recipe:
     """With model.stage_dir set, copy the checkpoint there once and serve the staged copy offline."""
     if not recipe.model.stage_dir:
         return recipe
-    from .staging import serving_env, stage_model
+    from .staging import stage_model
 
-    res = stage_model(recipe.model.path, Path(recipe.model.stage_dir), log=say, on_wait=wait_notice("another stager"))
-    env = {**serving_env(res.path), **recipe.env}
-    sets: dict[str, Any] = {"model.path": str(res.path), "env": env}
-    spec = recipe.speculative
-    if spec and spec.draft_model:
-        # The draft is read at engine start like the model: the same race, the same cure.
-        draft = stage_model(spec.draft_model, Path(recipe.model.stage_dir), log=say, on_wait=wait_notice("another stager"))
-        sets["speculative.draft_model"] = str(draft.path)
-    return recipe.with_overrides(sets)
+    dest = Path(recipe.model.stage_dir)
+    return _serve_staged(recipe, lambda src: str(stage_model(src, dest, log=say, on_wait=wait_notice("another stager")).path))
 
 
 def _image_dir(recipe: Recipe, results_dir: Path) -> Path:

@@ -78,24 +78,24 @@ class SiteSettings(_SiteSection):
 
     def fields(self) -> dict[str, Any]:
         """Dotted recipe path -> value, for every field this site sets."""
-        out: dict[str, Any] = {}
         data = self.model_dump()
-        for section in ("slurm", "container", "model", "frontend", "benchmark"):
-            for key, value in data[section].items():
-                if value not in (None, {}, []):
-                    out[f"{section}.{key}"] = value
-        for key in ("env", "setup_scripts"):
-            if data[key]:
-                out[key] = data[key]
-        return out
+        return {k: v for k in SITE_FIELDS if (v := _get(data, k)) not in (None, {}, [])}
 
 
-# Every recipe field a site may set, shown with its origin by `plan` and `--dry-run`.
-SITE_FIELDS = (
-    "slurm.partition", "slurm.account", "slurm.qos", "slurm.python", "slurm.sbatch_args", "slurm.srun_args",
-    "container.runtime", "container.image_dir", "container.mounts", "model.stage_dir",
-    "frontend.infra_bin_dir", "benchmark.client_command", "env", "setup_scripts",
-)
+def _schema_paths(model: type[BaseModel]) -> tuple[str, ...]:
+    paths: list[str] = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            paths += [f"{name}.{k}" for k in sub.model_fields]
+        else:
+            paths.append(name)
+    return tuple(paths)
+
+
+# Every recipe field a site may set (the schema above, as dotted recipe paths), shown with its
+# origin by `plan` and `--dry-run`.
+SITE_FIELDS = _schema_paths(SiteSettings)
 
 
 def site_path(explicit: Optional[str] = None, environ: Optional[dict[str, str]] = None) -> Optional[Path]:

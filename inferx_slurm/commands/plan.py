@@ -13,8 +13,8 @@ from ..plan import format_plan, plan_recipe, plan_topology
 from ..recipe import Recipe
 from ..site import settings_json, settings_lines
 from ..sweep import expand
-from .argtypes import add_site_arg
 from ..topology import Topology
+from .argtypes import add_site_arg
 
 
 def load_spec(spec: str, gpus_per_node: int | None, site: str | None = None) -> tuple[Recipe | None, Topology]:
