@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from inferx_slurm import submit
-from inferx_slurm.benchmark import aiperf_argv
-from inferx_slurm.recipe import Recipe
+from inferx_slurm.benchmark.aiperf import aiperf_argv
+from inferx_slurm.recipe.schema import Recipe
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))

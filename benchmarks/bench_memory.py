@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from checkpoints import minimax_m3_mxfp8  # noqa: E402
 
-from inferx_slurm.checkpoint import read_checkpoint  # noqa: E402
-from inferx_slurm.feasibility import memory_plan  # noqa: E402
-from inferx_slurm.memory import footprint_from_tensors  # noqa: E402
-from inferx_slurm.recipe import Recipe  # noqa: E402
+from inferx_slurm.planning.checkpoint import read_checkpoint  # noqa: E402
+from inferx_slurm.planning.feasibility import memory_plan  # noqa: E402
+from inferx_slurm.planning.memory import footprint_from_tensors  # noqa: E402
+from inferx_slurm.recipe.schema import Recipe  # noqa: E402
 
 
 def timed(fn, repeat: int = 7) -> list[float]:

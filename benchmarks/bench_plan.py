@@ -8,11 +8,11 @@ from __future__ import annotations
 import statistics
 import time
 
-from inferx_slurm.executor import sbatch_script
-from inferx_slurm.plan import plan_recipe
-from inferx_slurm.recipe import Recipe
-from inferx_slurm.render import render
-from inferx_slurm.sweep import expand
+from inferx_slurm.job.sbatch import sbatch_script
+from inferx_slurm.planning.placement import plan_recipe
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.job.render import render
+from inferx_slurm.sweeps.expand import expand
 
 BASE = {
     "name": "bench", "profile": "gb200-nvl72", "model": {"path": "org/Model"},

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inferx_slurm.staging import stage_model  # noqa: E402
+from inferx_slurm.sharedfs.staging import stage_model  # noqa: E402
 
 MiB = 1 << 20
 

@@ -87,7 +87,7 @@ def run_mode(label: str, mode: str, share_len: bool, work: Path) -> dict:
     subprocess.run(["scancel", competitor], check=True)
     if out.returncode != 0:
         sys.exit(f"{label}: launch failed\n{out.stdout}\n{out.stderr}")
-    from inferx_slurm.sweep_state import rows
+    from inferx_slurm.sweeps.state import rows
 
     job_ids = {json.loads(p.read_text())["job_id"].split("_")[0] for p in root.glob("*/job.json")}
     time.sleep(2)  # let slurmdbd record the last job's end

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from inferx_slurm.cli import main
 
 sys.exit(main())

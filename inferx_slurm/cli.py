@@ -9,8 +9,9 @@ import pkgutil
 import sys
 from typing import Optional, Sequence
 
-from . import __version__, commands
-from .errors import InferxError
+from inferx_slurm import commands
+from inferx_slurm.version import __version__
+from inferx_slurm.errors import InferxError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -41,7 +41,7 @@ def cluster():
 
 
 def local_recipe(name: str, **overrides):
-    from inferx_slurm.recipe import Recipe
+    from inferx_slurm.recipe.schema import Recipe
 
     r = Recipe.load(LOCAL_RECIPES / name)
     return r.with_overrides(overrides) if overrides else r

@@ -109,9 +109,9 @@ def _sub_addrs(token: str) -> str:
 
 def engine_commands(path: Path) -> list[EngineCommand]:
     """Every engine command of every deployment of the recipe, as `launch --dry-run` renders it."""
-    from inferx_slurm.recipe import Recipe
-    from inferx_slurm.render import render
-    from inferx_slurm.sweep import expand
+    from inferx_slurm.recipe.schema import Recipe
+    from inferx_slurm.job.render import render
+    from inferx_slurm.sweeps.expand import expand
 
     rel = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
     out = []

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from inferx_slurm.engines import node_commands
+from inferx_slurm.engines.common import node_commands
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.plan import plan_recipe, plan_topology
-from inferx_slurm.recipe import Recipe
-from inferx_slurm.render import render
+from inferx_slurm.planning.placement import plan_recipe, plan_topology
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.job.render import render
 from inferx_slurm.runtime.metrics import SPEC_ACCEPTED, SPEC_DRAFTS, counter_total, has_metric
-from inferx_slurm.topology import Topology
+from inferx_slurm.recipe.topology import Topology
 
 from conftest import REPO
 
@@ -112,7 +112,7 @@ def test_speculative_config_for_vllm_and_sglang():
 
 
 def test_draft_weights_are_planned_or_the_plan_says_they_are_not(tmp_path):
-    from inferx_slurm.feasibility import memory_plan
+    from inferx_slurm.planning.feasibility import memory_plan
 
     hub = seed("h200/minimax-m3-tp8-eagle3-1k1k.yaml", **{"speculative.draft_gb": None})
     stated = seed("h200/minimax-m3-tp8-eagle3-1k1k.yaml", **{"speculative.draft_gb": 8.0})

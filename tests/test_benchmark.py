@@ -3,9 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from inferx_slurm.benchmark import aiperf_argv, summarize
-from inferx_slurm.recipe import Recipe, Scenario
-from inferx_slurm.results import format_table
+from inferx_slurm.benchmark.aiperf import aiperf_argv, summarize
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.recipe.sections import Scenario
+from inferx_slurm.results.table import format_table
 
 DATA = Path(__file__).parent / "data"
 
@@ -58,7 +59,7 @@ def test_table_formats_missing_values():
 
 
 def test_run_vs_run_deltas():
-    from inferx_slurm.results import compare
+    from inferx_slurm.results.table import compare
 
     base = {"rows": [{"isl": 1024, "osl": 1024, "concurrency": 4, "tput_per_gpu": 100.0, "mean_ttft_ms": 50.0,
                       "mean_tpot_ms": 10.0, "output_tput_per_gpu": 80.0, "intvty": 100.0},

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from inferx_slurm import ci_report as cr
-from inferx_slurm.baseline import DEFAULT_THRESHOLDS, gate, load_rows, parse_thresholds
-from inferx_slurm.ci_env import from_environ
-from inferx_slurm.archive import write_archive
+from inferx_slurm.ci import report as cr
+from inferx_slurm.results.baseline import DEFAULT_THRESHOLDS, gate, load_rows, parse_thresholds
+from inferx_slurm.ci.env import from_environ
+from inferx_slurm.results.archive import write_archive
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.topology import Topology
+from inferx_slurm.recipe.topology import Topology
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes/disagg/local/mocker-1p1d.yaml"
@@ -103,7 +103,7 @@ def test_environment_error_exits_2_before_submitting(tmp_path):
 def test_example_runner_script_is_one_line_and_its_workflow_speaks_our_variables(tmp_path):
     import yaml
 
-    from inferx_slurm.ci_env import VARIABLES
+    from inferx_slurm.ci.env import VARIABLES
 
     script = REPO / "examples/github/launch_gb200-nv.sh"
     commands = [line for line in script.read_text().splitlines() if line.strip() and not line.startswith("#")]

@@ -22,7 +22,7 @@ def cli(*args, cwd, env):
 def test_status_logs_cancel(cluster, tmp_path):
     env = {**os.environ, **cluster.env}
     recipe = tmp_path / "r.yaml"
-    from inferx_slurm.recipe import Recipe
+    from inferx_slurm.recipe.schema import Recipe
 
     r = Recipe.load(LOCAL_RECIPES / "mocker-2p1d.yaml").with_overrides({"benchmark.min_requests": 400,
                                                                          "benchmark.scenarios": [{"isl": 128, "osl": 512}]})

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from inferx_slurm import RunError, submit
-from inferx_slurm.recipe import Recipe
-from inferx_slurm.render import infra_body, render
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.job.render import infra_body, render
 
 from conftest import GB200_SITE, REPO, local_recipe
 

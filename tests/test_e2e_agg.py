@@ -87,7 +87,7 @@ def amd_cluster(tmp_path_factory):
 def test_amd_workers_see_exactly_their_gpus(cluster, amd_cluster, tmp_path):
     """Slurm sets ROCR_VISIBLE_DEVICES for the step; each worker picks its GPUs within it by
     HIP_VISIBLE_DEVICES position, so the devices a worker sees are ROCR[HIP[i]]."""
-    from inferx_slurm.recipe import Recipe
+    from inferx_slurm.recipe.schema import Recipe
 
     r = Recipe.load(AGG / "mocker-2a.yaml").with_overrides({"profile": "local-amd", "name": "local-mocker-2a-amd"})
     path = tmp_path / "amd.yaml"
@@ -113,7 +113,7 @@ def test_engine_own_server_end_to_end(cluster, tmp_path):
     """`frontend.server: engine` on the local cluster: the worker step runs `vllm serve` (a
     stand-in that really serves OpenAI requests, tests/standins/), no frontend or discovery steps
     run, and readiness, the benchmark and the results talk to the engine's own port."""
-    from inferx_slurm.recipe import Recipe
+    from inferx_slurm.recipe.schema import Recipe
 
     r = Recipe.load(AGG / "mocker-1a.yaml").with_overrides({
         "name": "local-vllm-serve-1a", "engine.backend": "vllm", "frontend.server": "engine",

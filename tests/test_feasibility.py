@@ -4,8 +4,8 @@ import sys
 import pytest
 
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.feasibility import local_weights_gb, memory_plan, require_fit
-from inferx_slurm.recipe import Recipe
+from inferx_slurm.planning.feasibility import local_weights_gb, memory_plan, require_fit
+from inferx_slurm.recipe.schema import Recipe
 
 # Only the checkpoint size is known (model.weights_gb): weights spread over each worker's GPUs,
 # a lower bound, fitting when they leave 10% of the engine's budget.

@@ -24,7 +24,7 @@ def nvml_lib(tmp_path_factory):
 def standalone_sampler(tmp_path) -> Path:
     """The sampler as a job carries it: one file in the job dir, written by render()."""
     from conftest import local_recipe
-    from inferx_slurm.render import GPUMON_SCRIPT, render
+    from inferx_slurm.job.render import GPUMON_SCRIPT, render
 
     job = render(local_recipe("mocker-1p1d.yaml"), str(tmp_path / "job"))
     script = tmp_path / "gpumon.py"

@@ -21,15 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inferx_slurm.images import (
-    ImageImportError,
-    InvalidImageURI,
-    image_file_name,
-    import_image,
-    normalize_image_uri,
-    verify_squashfs,
-)
-from inferx_slurm.locks import LockTimeout, read_holder
+from inferx_slurm.sharedfs.images import ImageImportError, import_image, verify_squashfs
+from inferx_slurm.recipe.image_uri import InvalidImageURI, image_file_name, normalize_image_uri
+from inferx_slurm.sharedfs.locks import LockTimeout, read_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "tests" / "bin"

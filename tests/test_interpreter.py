@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.interpreter import check_interpreter, elf_arch, machine
+from inferx_slurm.job.interpreter import check_interpreter, elf_arch, machine
 
 from conftest import REPO, local_recipe
 
@@ -66,8 +66,8 @@ def test_missing_or_relative_interpreter_is_named(tmp_path):
 
 
 def test_matching_interpreter_passes_and_reaches_the_sbatch_script(tmp_path):
-    from inferx_slurm.executor import sbatch_script
-    from inferx_slurm.plan import plan_recipe
+    from inferx_slurm.job.sbatch import sbatch_script
+    from inferx_slurm.planning.placement import plan_recipe
 
     r = local_recipe("mocker-1p1d.yaml", **{"slurm.python": sys.executable})
     assert check_interpreter(r) == sys.executable

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 
-from inferx_slurm.launcher import dry_run_text, import_image_for, prepare, stage_model_for
-from inferx_slurm.recipe import Recipe
-from inferx_slurm.render import render, srun_argv
-from inferx_slurm.staging import is_staged
+from inferx_slurm.job.submit import dry_run_text, import_image_for, prepare, stage_model_for
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.job.render import render, srun_argv
+from inferx_slurm.sharedfs.staging import is_staged
 
 BIN = Path(__file__).parent / "bin"
 

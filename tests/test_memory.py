@@ -11,13 +11,13 @@ import pytest
 import yaml
 
 from checkpoints import minimax_m3_mxfp8
-from inferx_slurm.checkpoint import read_checkpoint
+from inferx_slurm.planning.checkpoint import read_checkpoint
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.feasibility import footprint, memory_plan, require_fit
-from inferx_slurm.memory import Architecture, held_format
-from inferx_slurm.profiles import PROFILES
-from inferx_slurm.recipe import Recipe
-from inferx_slurm.sweep import expand
+from inferx_slurm.planning.feasibility import footprint, memory_plan, require_fit
+from inferx_slurm.planning.memory import Architecture, held_format
+from inferx_slurm.recipe.profiles import PROFILES
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.sweeps.expand import expand
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_beyond_kv_capacity_warns_in_plan_and_dry_run_refused_by_launch(tmp_path
 
 
 def test_sweep_lists_and_skips_points_beyond_capacity(tmp_path, m3, capsys):
-    from inferx_slurm.sweep_submit import fit_deployments
+    from inferx_slurm.sweeps.submit import fit_deployments
 
     path = write_recipe(tmp_path, m3, "h200", "1P1D TEP8->DEP8", [64, 2048],
                         sweep={"topologies": ["1P1D TEP8->DEP8", "1P1D TEP8"], "concurrency": [64, 2048]})

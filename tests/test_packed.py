@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.packing import check_time, pack
-from inferx_slurm.plan import plan_recipe
-from inferx_slurm.recipe import Recipe
-from inferx_slurm.render import render
-from inferx_slurm.sweep import expand
+from inferx_slurm.sweeps.packing import check_time, pack
+from inferx_slurm.planning.placement import plan_recipe
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.job.render import render
+from inferx_slurm.sweeps.expand import expand
 
 from conftest import LOCAL_RECIPES, REPO, local_recipe
 

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from hypothesis import given, strategies as st
 
-from inferx_slurm.pareto import frontier, pareto_svg
+from inferx_slurm.results.pareto import frontier, pareto_svg
 
 NS = "{http://www.w3.org/2000/svg}"
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.plan import plan_topology
-from inferx_slurm.topology import Topology
+from inferx_slurm.planning.placement import plan_topology
+from inferx_slurm.recipe.topology import Topology
 
 
 def test_2p1d_dep8_dep16_on_gb200():

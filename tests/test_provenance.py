@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from inferx_slurm import provenance
-from inferx_slurm.recipe import Recipe
+from inferx_slurm.results import provenance
+from inferx_slurm.recipe.schema import Recipe
 
 
 def recipe(image: str, digest: str | None = None) -> Recipe:

@@ -4,7 +4,9 @@ import pytest
 import yaml
 
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.recipe import Recipe, Scenario, expand_vars
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.recipe.sections import Scenario
+from inferx_slurm.recipe.values import expand_vars
 
 RECIPES = sorted(Path(__file__).resolve().parent.parent.joinpath("recipes", "disagg").rglob("*.yaml"))
 MIN = {"name": "r", "model": {"path": "org/model"}, "topology": "1P1D TP4->TEP8"}

@@ -20,7 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from inferx_slurm.cli import main
-from inferx_slurm.recipe import WHOLE_NUMBER_ARGS, EngineSpec, RoleEngine
+from inferx_slurm.recipe.sections import WHOLE_NUMBER_ARGS, EngineSpec, RoleEngine
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
@@ -166,7 +166,7 @@ SITE_RAW = {p: yaml.safe_load(p.read_text()) for p in SITES}
 
 
 def _site_schema_paths() -> list[tuple]:
-    from inferx_slurm.site import SITE_FIELDS
+    from inferx_slurm.recipe.site import SITE_FIELDS
 
     return [tuple(p.split(".")) for p in SITE_FIELDS]
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from inferx_slurm.executor import sbatch_script
-from inferx_slurm.plan import plan_recipe
-from inferx_slurm.recipe import Recipe
-from inferx_slurm.render import render, shell_join, srun_argv
+from inferx_slurm.job.sbatch import sbatch_script
+from inferx_slurm.planning.placement import plan_recipe
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.job.render import render, shell_join, srun_argv
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parent.parent

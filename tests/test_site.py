@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.recipe import Recipe
-from inferx_slurm.site import load_site, read_site, site_path
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.recipe.site import load_site, read_site, site_path
 
 from conftest import GB200_SITE, REPO
 

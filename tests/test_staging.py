@@ -14,19 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from inferx_slurm.locks import exclusive, read_holder
-from inferx_slurm.staging import (
-    MANIFEST_NAME,
-    READY_NAME,
-    StageError,
-    StageSourceError,
-    _filesystem_type,
-    is_staged,
-    read_manifest,
-    serving_env,
-    stage_model,
-    staged_name,
-)
+from inferx_slurm.sharedfs.locks import exclusive, read_holder
+from inferx_slurm.sharedfs.staging import MANIFEST_NAME, READY_NAME, StageError, StageSourceError, _filesystem_type, is_staged, read_manifest, serving_env, stage_model, staged_name
 
 ROOT = Path(__file__).resolve().parents[1]
 _FORK = multiprocessing.get_context("fork")

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.topology import ParallelKind, Parallelism, Topology
+from inferx_slurm.recipe.topology import ParallelKind, Parallelism, Topology
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..baseline import DEFAULT_THRESHOLDS, parse_thresholds
-from ..ci_env import parse_sets
-from ..ci_run import CIOptions, publish, run_ci, run_ci_remote
-from .argtypes import add_site_arg
-from .remote import add_remote_args, remote_from_args
+from inferx_slurm.results.baseline import DEFAULT_THRESHOLDS, parse_thresholds
+from inferx_slurm.ci.env import parse_sets
+from inferx_slurm.ci.run import CIOptions, publish, run_ci, run_ci_remote
+from inferx_slurm.commands.argtypes import add_site_arg
+from inferx_slurm.commands.remote import add_remote_args, remote_from_args
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,10 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
-from ..errors import InferxError
-from ..images import IMPORT_TIMEOUT_S, import_image
-from ..locks import say, wait_notice
-from .argtypes import seconds
+from inferx_slurm.errors import InferxError
+from inferx_slurm.sharedfs.images import IMPORT_TIMEOUT_S, import_image
+from inferx_slurm.sharedfs.locks import say, wait_notice
+from inferx_slurm.commands.argtypes import seconds
 
 
 def run_import(args: argparse.Namespace) -> int:

@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import InferxError
-from ..launcher import JobHandle, attach
-from ..results import format_table
-from ..sweep_state import MANIFEST, format_progress, progress
-from ..sweep_state import rows as sweep_rows
+from inferx_slurm.errors import InferxError
+from inferx_slurm.job.submit import JobHandle, attach
+from inferx_slurm.results.table import format_table
+from inferx_slurm.sweeps.state import MANIFEST, format_progress, progress
+from inferx_slurm.sweeps.state import rows as sweep_rows
 
 
 def find_job(ref: str) -> JobHandle:

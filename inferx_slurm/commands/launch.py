@@ -8,16 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-from ..launcher import ENDED_STATES, RunError, default_results_dir, dry_run_text, submit_many
-from ..packing import hms, pack_seconds
-from ..recipe import Recipe
-from ..results import format_table, served_line
-from ..sweep import expand
-from ..sweep_state import MANIFEST, done_points, format_progress, progress
-from ..sweep_state import rows as sweep_rows
-from ..sweep_submit import fit_deployments, plan_sweep, submit_sweep, sweep_mode
-from .argtypes import add_site_arg
-from .remote import add_remote_args, remote_from_args
+from inferx_slurm.job.submit import ENDED_STATES, RunError, default_results_dir, dry_run_text, submit_many
+from inferx_slurm.sweeps.packing import hms, pack_seconds
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.results.table import format_table, served_line
+from inferx_slurm.sweeps.expand import expand
+from inferx_slurm.sweeps.state import MANIFEST, done_points, format_progress, progress
+from inferx_slurm.sweeps.state import rows as sweep_rows
+from inferx_slurm.sweeps.submit import fit_deployments, plan_sweep, submit_sweep, sweep_mode
+from inferx_slurm.commands.argtypes import add_site_arg
+from inferx_slurm.commands.remote import add_remote_args, remote_from_args
 
 
 def run(args: argparse.Namespace) -> int:

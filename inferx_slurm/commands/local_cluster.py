@@ -7,11 +7,11 @@ import importlib.util
 import json
 from pathlib import Path
 
-from ..errors import InferxError
+from inferx_slurm.errors import InferxError
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import localdev as lc
+    from inferx_slurm import localdev as lc
 
     state_dir = Path(args.state_dir) if args.state_dir else None
     if args.action == "up" and importlib.util.find_spec("tokenizers") is None:
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _ensure_tiny_model(state_dir: Path) -> Path:
     """The mock engines and the benchmark client share one offline HF cache."""
-    from ..localdev.tiny_model import make_tiny_model
+    from inferx_slurm.localdev.tiny_model import make_tiny_model
 
     cache = state_dir / "hf-cache"
     make_tiny_model(state_dir / "models" / "tiny-moe", hf_cache=cache)

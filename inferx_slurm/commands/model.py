@@ -6,10 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
-from ..errors import InferxError
-from ..locks import say, wait_notice
-from ..staging import STAGE_TIMEOUT_S, StageSourceError, stage_model
-from .argtypes import positive_int, seconds
+from inferx_slurm.errors import InferxError
+from inferx_slurm.sharedfs.locks import say, wait_notice
+from inferx_slurm.sharedfs.staging import STAGE_TIMEOUT_S, StageSourceError, stage_model
+from inferx_slurm.commands.argtypes import positive_int, seconds
 
 
 def run_stage(args: argparse.Namespace) -> int:

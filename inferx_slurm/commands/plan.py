@@ -7,14 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import RecipeError
-from ..feasibility import format_memory, raise_errors
-from ..plan import format_plan, plan_recipe, plan_topology
-from ..recipe import Recipe
-from ..site import settings_json, settings_lines
-from ..sweep import expand
-from ..topology import Topology
-from .argtypes import add_site_arg
+from inferx_slurm.errors import RecipeError
+from inferx_slurm.planning.feasibility import format_memory, raise_errors
+from inferx_slurm.planning.placement import format_plan, plan_recipe, plan_topology
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.recipe.site import settings_json, settings_lines
+from inferx_slurm.sweeps.expand import expand
+from inferx_slurm.recipe.topology import Topology
+from inferx_slurm.commands.argtypes import add_site_arg
 
 
 def load_spec(spec: str, gpus_per_node: int | None, site: str | None = None) -> tuple[Recipe | None, Topology]:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if recipe is None:
         plans = [(str(topo), plan_topology(topo, args.gpus_per_node or 4), None)]
     else:
-        from ..feasibility import footprint, plan_memory
+        from inferx_slurm.planning.feasibility import footprint, plan_memory
 
         deployments = expand(recipe)
         fp = footprint(deployments[0].recipe)  # one model for every deployment: read its headers once

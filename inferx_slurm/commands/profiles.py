@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..profiles import PROFILES
+from inferx_slurm.recipe.profiles import PROFILES
 
 
 def run(args: argparse.Namespace) -> int:

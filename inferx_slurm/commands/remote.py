@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import RecipeError
-from ..remote import Remote
+from inferx_slurm.errors import RecipeError
+from inferx_slurm.job.remote import Remote
 
 
 def add_remote_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:

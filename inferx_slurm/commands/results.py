@@ -6,15 +6,15 @@ import argparse
 import json
 import sys
 
-from .. import provenance
-from ..errors import InferxError
-from ..results import compare, format_table, load_summary, served_line
+from inferx_slurm.results import provenance
+from inferx_slurm.errors import InferxError
+from inferx_slurm.results.table import compare, format_table, load_summary, served_line
 
 
 def run(args: argparse.Namespace) -> int:
     if args.pareto:
-        from ..fsutil import atomic_write
-        from ..pareto import pareto_svg, series_label
+        from inferx_slurm.fsutil import atomic_write
+        from inferx_slurm.results.pareto import pareto_svg, series_label
 
         series = [(series_label(s := load_summary(d), d), s.get("rows", [])) for d in [args.dir, *args.more]]
         try:

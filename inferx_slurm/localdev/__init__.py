@@ -6,7 +6,7 @@ config and trained tokenizer into an offline HF cache for the mock engines and t
 client. The CLI is ``inferx-slurm local-cluster up|down|status``.
 """
 
-from .cluster import ClusterInfo, down, kill_node, restart_node, status, up
-from .layout import ClusterError
+from inferx_slurm.localdev.cluster import ClusterInfo, down, kill_node, restart_node, status, up
+from inferx_slurm.localdev.layout import ClusterError
 
 __all__ = ["ClusterError", "ClusterInfo", "down", "kill_node", "restart_node", "status", "up"]

@@ -1,5 +1,5 @@
 import sys
 
-from .cluster import _main
+from inferx_slurm.localdev.cluster import _main
 
 sys.exit(_main())

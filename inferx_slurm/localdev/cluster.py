@@ -44,15 +44,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from .daemons import (
-    cancel_all_jobs, ensure_packages, is_ours, kill_orphan_stepds, node_states, require_root, running_procs,
-    start_missing, stop_proc, wait_nodes_ready,
-)
-from .layout import (
-    CLUSTER_NAME, DEFAULT_STATE_DIR, ENV_STATE_DIR, PARTITION, ClusterError, Shape, State, client_env,
-    expected_procs, load_state, locked, node_key, node_names, resolve_state_dir, save_state, stop_order,
-)
-from .slurm_conf import pick_ports, write_configs
+from inferx_slurm.localdev.daemons import cancel_all_jobs, ensure_packages, is_ours, kill_orphan_stepds, node_states, require_root, running_procs, start_missing, stop_proc, wait_nodes_ready
+from inferx_slurm.localdev.layout import CLUSTER_NAME, DEFAULT_STATE_DIR, ENV_STATE_DIR, PARTITION, ClusterError, Shape, State, client_env, expected_procs, load_state, locked, node_key, node_names, resolve_state_dir, save_state, stop_order
+from inferx_slurm.localdev.slurm_conf import pick_ports, write_configs
 
 class ClusterInfo(BaseModel):
     up: bool

@@ -13,10 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .layout import (
-    CLUSTER_NAME, CONTROLLER_HOSTNAME, OWNER_ENV, PARTITION, SBIN_DIRS, ClusterError, Proc, State, daemon_env,
-    mariadb_socket, munge_socket, node_names, save_state,
-)
+from inferx_slurm.localdev.layout import CLUSTER_NAME, CONTROLLER_HOSTNAME, OWNER_ENV, PARTITION, SBIN_DIRS, ClusterError, Proc, State, daemon_env, mariadb_socket, munge_socket, node_names, save_state
 
 _INSTALL_SCRIPT = Path(__file__).resolve().parents[2] / "setup_scripts" / "install_slurm.sh"
 

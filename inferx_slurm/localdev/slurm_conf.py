@@ -11,9 +11,7 @@ import socket
 import stat
 from pathlib import Path
 
-from .layout import (
-    CLUSTER_NAME, CONTROLLER_HOSTNAME, MEM_PER_CPU_MB, PARTITION, ClusterError, State, munge_socket, node_names,
-)
+from inferx_slurm.localdev.layout import CLUSTER_NAME, CONTROLLER_HOSTNAME, MEM_PER_CPU_MB, PARTITION, ClusterError, State, munge_socket, node_names
 
 # Below the kernel's ephemeral range (32768+) so outgoing connections never
 # squat on them, and away from Slurm's defaults (6817-6819).

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from ..fsutil import atomic_write
+from inferx_slurm.fsutil import atomic_write
 
 DEFAULT_NAME = "inferx/tiny-moe"
 VOCAB_SIZE = 4096

@@ -12,17 +12,18 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ..benchmark import AIPERF_EXPORT, aiperf_argv, point_dir, profiling_window, summarize
-from .. import provenance
-from ..fsutil import atomic_write, atomic_write_json, read_json
-from ..plan import Plan
-from ..recipe import Discovery, Recipe
-from ..render import RenderedJob, srun_argv
-from . import metrics, nodes, readiness
-from .accounting import served_requests
-from .gpumon import gpu_metrics
-from .steps import RunningStep, stop_all
-from .watchdog import Fault, NodeWatch, check_exits
+from inferx_slurm.benchmark.aiperf import AIPERF_EXPORT, aiperf_argv, point_dir, profiling_window, summarize
+from inferx_slurm.results import provenance
+from inferx_slurm.fsutil import atomic_write, atomic_write_json, read_json
+from inferx_slurm.planning.placement import Plan
+from inferx_slurm.recipe.sections import Discovery
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.job.render import RenderedJob, srun_argv
+from inferx_slurm.runtime import metrics, nodes, readiness
+from inferx_slurm.runtime.accounting import served_requests
+from inferx_slurm.runtime.gpumon import gpu_metrics
+from inferx_slurm.runtime.steps import RunningStep, stop_all
+from inferx_slurm.runtime.watchdog import Fault, NodeWatch, check_exits
 
 POLL_S = 0.5
 NODE_CHECK_S = 1.0

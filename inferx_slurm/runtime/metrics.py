@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .readiness import http_get
+from inferx_slurm.runtime.readiness import http_get
 
 # Counters that only grow while requests make progress: the Dynamo frontend's, or those of the
 # engine's own server (vLLM, SGLang) when it answers the clients itself.

@@ -8,7 +8,7 @@ import subprocess
 from datetime import datetime
 from typing import Optional
 
-from ..fsutil import atomic_write
+from inferx_slurm.fsutil import atomic_write
 
 
 def allocation_hosts(nodelist: str | None = None) -> list[str]:

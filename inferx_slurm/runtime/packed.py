@@ -13,8 +13,8 @@ import signal
 from pathlib import Path
 from typing import Any, Optional
 
-from ..fsutil import atomic_write, read_json
-from .driver import Driver, RunFailed, _FaultRaised
+from inferx_slurm.fsutil import atomic_write, read_json
+from inferx_slurm.runtime.driver import Driver, RunFailed, _FaultRaised
 
 # Faults after which no later deployment can run in this allocation.
 ENDS_ALLOCATION = {"cancelled", "time_limit", "node_down"}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..render import Step
+from inferx_slurm.job.render import Step
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from . import nodes as nodes_mod
-from .steps import RunningStep, describe_exit
+from inferx_slurm.runtime import nodes as nodes_mod
+from inferx_slurm.runtime.steps import RunningStep, describe_exit
 
 HINTS = [
     # (substring in the log tail, what to do)

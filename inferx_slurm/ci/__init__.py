@@ -1,0 +1,1 @@
+"""`inferx-slurm ci`: a CI matrix point from environment to result files, report and exit code."""

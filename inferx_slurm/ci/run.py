@@ -1,0 +1,250 @@
+"""`inferx-slurm ci`: one CI matrix point from recipe + environment to result files, report
+and exit code. The shell around the pure parts (ci_env, ci_report, baseline)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from inferx_slurm.ci import report as cr
+from inferx_slurm.results import provenance
+from inferx_slurm.results.archive import write_archive
+from inferx_slurm.results.baseline import DEFAULT_THRESHOLDS, gate, load_rows
+from inferx_slurm.ci.env import CIEnv, check_against_recipe, check_image_runtime, from_environ
+from inferx_slurm.errors import InferxError, RecipeError
+from inferx_slurm.fsutil import atomic_write_json, read_json
+from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.recipe.topology import Topology
+
+ARCHIVE_NAME = "results.tar.gz"
+REPORT_NAME = "ci-report.json"
+
+
+@dataclass
+class CIOptions:
+    recipe: str
+    sets: dict[str, Any] = field(default_factory=dict)
+    baseline: Optional[str] = None
+    thresholds: Optional[dict[str, tuple[bool, float]]] = None
+    results_dir: Optional[str] = None
+    out_dir: Optional[str] = None
+    archive_max_bytes: int = 50 << 20
+    poll_s: float = 2.0
+    site: Optional[str] = None  # site settings file; None: $INFERX_SITE or the user's default
+    report: Optional[str] = None  # also write the report as JSON here (how `ci --remote` gets it back)
+
+
+def _prepare(opts: CIOptions, env: CIEnv) -> Recipe:
+    from inferx_slurm.sweeps.expand import expand
+
+    recipe = Recipe.load(opts.recipe, site=opts.site)
+    sets = {**env.sets, **opts.sets}  # --set wins over the environment
+    check_image_runtime(sets, recipe.container.runtime.value)
+    recipe = recipe.with_overrides(sets) if sets else recipe
+    check_against_recipe(env, recipe)
+    if len(expand(recipe)) > 1:
+        raise RecipeError("sweep", recipe.name, "ci runs one deployment per CI job (the CI matrix is the sweep): "
+                          "remove the recipe's sweep: section or narrow it to one topology and scenario")
+    return recipe
+
+
+def run_ci(opts: CIOptions, environ: Mapping[str, str], say=print) -> tuple[int, dict[str, Any]]:
+    """Run one point; returns (exit code, report). Never raises for a run that failed."""
+    from inferx_slurm.job.submit import RunError, default_results_dir, submit
+
+    rep: dict[str, Any] = {"name": Path(opts.recipe).stem, "exit_code": cr.EXIT_OK, "category": None, "warnings": []}
+    env = CIEnv()
+    handle = None
+    try:
+        env = from_environ(environ)
+        rep["env_used"] = env.used
+        recipe = _prepare(opts, env)
+        rep["name"] = recipe.name
+        rep["topology"] = str(recipe.topology)
+        target = Path(opts.results_dir) if opts.results_dir else default_results_dir(recipe)
+        handle = submit(recipe, target)
+        rep.update(job_id=handle.job_id, results_dir=str(handle.results_dir))
+        say(f"submitted {recipe.name}: job {handle.job_id}, results in {handle.results_dir}")
+        handle.wait(poll_s=opts.poll_s, on_status=lambda st: say(f"job {handle.job_id}: {st.get('phase')} ({st.get('slurm_state')})"))
+    except RecipeError as e:
+        rep.update(category="recipe", exit_code=cr.EXIT_RECIPE, diagnosis=str(e))
+    except RunError as e:
+        st = _status(handle)
+        kind = st.get("fault")
+        rep["category"] = cr.classify_fault(kind, str(e))
+        rep["exit_code"] = cr.CATEGORY_EXIT[rep["category"]]
+        rep["diagnosis"] = str(e)
+    except KeyboardInterrupt:
+        if handle:
+            handle.cancel()
+        rep.update(category="cancelled", exit_code=cr.EXIT_CANCELLED, diagnosis="interrupted; the job was cancelled")
+    except InferxError as e:
+        # Before the job existed: sbatch refused, the image or the model could not be made ready.
+        rep.update(category="infrastructure", exit_code=cr.EXIT_INFRA, diagnosis=str(e))
+
+    out_dir = Path(opts.out_dir or env.out_dir or ".").resolve()
+    if handle is not None:
+        _gather(rep, handle.results_dir, recipe, env, opts, out_dir)
+    if opts.report:
+        atomic_write_json(Path(opts.report), rep)
+    return rep["exit_code"], rep
+
+
+def run_ci_remote(opts: CIOptions, environ: Mapping[str, str], remote, say=print) -> tuple[int, dict[str, Any]]:
+    """`ci` on a login node over SSH: checked here, run there, result files and the report
+    copied back here, so the step summary, outputs and baseline gate work as for a local run."""
+    rep: dict[str, Any] = {"name": Path(opts.recipe).stem, "exit_code": cr.EXIT_OK, "category": None, "warnings": []}
+    env = CIEnv()
+    try:
+        env = from_environ(environ)
+        rep["env_used"] = env.used
+        recipe = _prepare(opts, env)  # a bad recipe or variable never leaves this machine
+    except RecipeError as e:
+        rep.update(category="recipe", exit_code=cr.EXIT_RECIPE, diagnosis=str(e))
+        return rep["exit_code"], rep
+    out_dir = Path(opts.out_dir or env.out_dir or ".").resolve()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    # The matrix variables name and label the result files there as they would here.
+    remote.env = {**remote.env, **env.used}
+    with remote.session() as client:
+        path = remote.upload(recipe.to_yaml(only_set=True), f"{recipe.name}-{stamp}.yaml", client=client)
+        rdir = f"{path.rsplit('/', 1)[0]}/ci-{recipe.name}-{stamp}"
+        remote.env.update(GITHUB_STEP_SUMMARY=f"{rdir}/summary.md", GITHUB_OUTPUT=f"{rdir}/outputs")
+        argv = ["ci", path, "--out-dir", rdir, "--report", f"{rdir}/{REPORT_NAME}", "--poll", str(opts.poll_s),
+                "--archive-max-mb", str(opts.archive_max_bytes / (1 << 20))]
+        if opts.results_dir:
+            argv += ["--results-dir", opts.results_dir]
+        code = remote.run(argv, client=client, out=say)
+        got = remote.download_dir(rdir, out_dir, client=client)
+    # The remote's own summary and outputs are redone here from its report; none stay behind.
+    for name in ("summary.md", "outputs"):
+        if out_dir / name in got:
+            (out_dir / name).unlink()
+    report = out_dir / REPORT_NAME
+    if report not in got:
+        rep.update(category="internal", exit_code=code or cr.EXIT_INTERNAL,
+                   diagnosis=f"the remote ci run exited {code} and left no report; its output is above")
+        return rep["exit_code"], rep
+    rep = read_json(report)
+    report.unlink()
+    rep["files"] = [f.replace(rdir, str(out_dir)) for f in rep.get("files", [])]
+    if rep.get("archive"):
+        rep["archive"] = rep["archive"].replace(rdir, str(out_dir))
+    if rep.get("results_dir"):
+        rep["results_dir"] = f"{remote.target or remote.host}:{rep['results_dir']}"
+    if opts.baseline and rep["exit_code"] == cr.EXIT_OK:
+        _gate(rep, rep.get("rows", []), rep.get("provenance_doc"), opts)
+    return rep["exit_code"], rep
+
+
+def _status(handle) -> dict[str, Any]:
+    try:
+        return read_json(handle.results_dir / "status.json")
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _gather(rep: dict[str, Any], results_dir: Path, recipe: Recipe, env: CIEnv, opts: CIOptions, out_dir: Path) -> None:
+    try:
+        summary = read_json(results_dir / "summary.json")
+    except (OSError, ValueError):
+        summary = {}
+    rows = summary.get("rows", [])
+    rep["rows"], rep["partial"] = rows, bool(summary.get("partial"))
+    try:
+        plan = read_json(results_dir / "plan.json")
+        rep["plan"] = plan["workers"]
+    except (OSError, ValueError, KeyError):
+        plan = {}
+    prov = provenance.load(results_dir)
+    rep["provenance"] = provenance.fields(prov)
+    slurm = (prov or {}).get("slurm", {})
+    rep["partition"], rep["nodes"] = slurm.get("partition"), slurm.get("nodes")
+    files: list[str] = []
+
+    if rep["exit_code"] == cr.EXIT_OK:
+        empty = [r for r in rows if not int(r.get("completed") or 0)]
+        if empty:
+            rep.update(category="benchmark", exit_code=cr.EXIT_BENCHMARK,
+                       diagnosis="no request completed at " + ", ".join(f"ISL {r['isl']} OSL {r['osl']} conc {r['concurrency']}" for r in empty))
+        rep["warnings"] += cr.flagged_points(rows)
+
+    if rep["exit_code"] in (cr.EXIT_OK, cr.EXIT_BENCHMARK) and rows:
+        files += _write_results(rows, recipe, env, plan, out_dir, rep.get("job_id"))
+
+    rep["provenance_doc"] = prov
+    if opts.baseline and rep["exit_code"] == cr.EXIT_OK:
+        _gate(rep, rows, prov, opts)
+
+    if rep.get("diagnosis") is None and (results_dir / "diagnosis.txt").exists():
+        rep["diagnosis"] = (results_dir / "diagnosis.txt").read_text()
+    archive = out_dir / ARCHIVE_NAME
+    try:
+        info = write_archive(results_dir, archive, max_bytes=opts.archive_max_bytes)
+        rep["archive"] = str(archive)
+        files.append(f"{archive} ({len(info['files'])} files" + (f", {len(info['truncated'])} cut to their end" if info["truncated"] else "")
+                     + (f", {len(info['omitted'])} left out" if info["omitted"] else "") + ")")
+    except OSError as e:
+        rep["warnings"].append(f"archive not written: {e}")
+    rep["files"] = files
+    atomic_write_json(results_dir / "ci-report.json", rep)
+
+
+def _gate(rep: dict[str, Any], rows: list[dict[str, Any]], prov: Optional[dict[str, Any]], opts: CIOptions) -> None:
+    """Compare with --baseline: a drop beyond a metric's threshold is a regression (exit 5)."""
+    try:
+        checks, warns = gate(load_rows(opts.baseline), rows, DEFAULT_THRESHOLDS if opts.thresholds is None else opts.thresholds)
+    except RecipeError as e:
+        checks, warns = [], [str(e)]
+    rep.update(checks=checks, baseline=opts.baseline)
+    rep["warnings"] += warns
+    bad = [c for c in checks if c["regressed"]]
+    if bad:
+        rep.update(category="regression", exit_code=cr.EXIT_REGRESSION, diagnosis="\n".join(
+            f"{c['metric']} at ISL {c['isl']} OSL {c['osl']} conc {c['concurrency']}: {c['base']:.2f} -> {c['new']:.2f} "
+            f"({c['change_pct']:+.1f}%, allowed {c['worse_allowed_pct']:.0f}% worse)" for c in bad))
+    base_prov = provenance.load(opts.baseline)
+    if base_prov:
+        rep["warnings"] += [f"differs from the baseline: {d}" for d in provenance.differences(base_prov, prov)]
+
+
+def _write_results(rows: list[dict[str, Any]], recipe: Recipe, env: CIEnv, plan: dict[str, Any], out_dir: Path,
+                   job_id: Optional[str]) -> list[str]:
+    topo = Topology.parse(str(recipe.topology))
+    prefix = env.result_filename or recipe.name
+    backend = recipe.engine.backend.value
+    framework = env.used.get("FRAMEWORK") or (backend if recipe.frontend.server == "engine" else f"dynamo-{backend}")
+    spec = recipe.speculative.method.value if recipe.speculative else None
+    written = []
+    for row in rows:
+        name = cr.point_name(prefix, row, topo)
+        atomic_write_json(out_dir / name, cr.raw_result(row, model=recipe.model.name, job_id=job_id))
+        atomic_write_json(out_dir / f"agg_{name}", cr.agg_result(
+            row, topo=topo, total_nodes=int(plan.get("total_nodes") or 1), labels=env.labels, framework=framework,
+            model=recipe.model.name, image=recipe.container.image, spec_decoding=spec))
+        written += [str(out_dir / name), str(out_dir / f"agg_{name}")]
+    return written
+
+
+def publish(rep: dict[str, Any], environ: Mapping[str, str], stdout=None) -> None:
+    """Step summary, outputs and workflow commands under GitHub Actions; the report on stdout elsewhere."""
+    stdout = stdout or sys.stdout
+    text = cr.markdown(rep)
+    in_actions = environ.get("GITHUB_ACTIONS") == "true"
+    summary_path = environ.get("GITHUB_STEP_SUMMARY")
+    if summary_path:
+        with open(summary_path, "a") as f:
+            f.write(text + "\n")
+    else:
+        stdout.write(text + "\n")
+    if environ.get("GITHUB_OUTPUT"):
+        with open(environ["GITHUB_OUTPUT"], "a") as f:
+            f.write(cr.github_output(cr.outputs(rep)))
+    if in_actions:
+        for line in cr.workflow_commands(rep):
+            stdout.write(line + "\n")
+    stdout.flush()
+

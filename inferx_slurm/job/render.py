@@ -1,0 +1,383 @@
+"""Rendering: recipe + plan -> the exact scripts and step commands of a job. No I/O but
+reading the templates shipped in ``sbatch_templates/``.
+
+Every value that reaches a shell goes through :func:`shell_word`; the only unquoted
+expansions are the address variables the scripts define themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from inferx_slurm.engines.common import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags, node_commands, startup_timeout
+from inferx_slurm.planning.placement import Plan, WorkerPlacement, plan_recipe
+from inferx_slurm.recipe.profiles import PROFILES
+from inferx_slurm.recipe.sections import Backend, ContainerRuntime, Discovery
+from inferx_slurm.recipe.schema import Recipe
+
+StepKind = Literal["infra", "install", "frontend", "worker", "monitor"]
+_PLACEHOLDERS = (LEADER_ADDR, INFRA_ADDR)
+_PH_RE = re.compile("(" + "|".join(re.escape(p) for p in _PLACEHOLDERS) + ")")
+
+
+def shell_word(token: str) -> str:
+    """Quote one argv token; address placeholders stay expandable, everything else is literal."""
+    parts = _PH_RE.split(token)
+    if len(parts) == 1:
+        return shlex.quote(token)
+    return "".join(f'"{p}"' if p in _PLACEHOLDERS else (shlex.quote(p) if p else "") for p in parts)
+
+
+def shell_join(argv: list[str]) -> str:
+    return " ".join(shell_word(a) for a in argv)
+
+
+class Step(BaseModel):
+    """One srun step: a script on one node."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str  # also the log file stem
+    kind: StepKind
+    role: Optional[str] = None
+    index: Optional[int] = None
+    node: int  # plan node index
+    node_rank: int = 0
+    gpus: int = 0
+    script: str  # path relative to the job dir
+    leader: bool = True  # the process that registers with discovery (or the only one)
+    startup_timeout_s: float = 0.0
+
+
+class RenderedJob(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    job_dir: str
+    files: dict[str, str]  # relative path -> content
+    steps: list[Step]
+    env: dict[str, str]  # what the driver exports to every step
+
+
+@lru_cache(maxsize=None)
+def template(name: str) -> str:
+    return _templates_dir().joinpath(name).read_text()
+
+
+def _templates_dir():
+    # Installed wheels carry the templates as package data; a checkout reads them in place.
+    packaged = resources.files("inferx_slurm").joinpath("sbatch_templates")
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "sbatch_templates"
+
+
+def fill(text: str, **values: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in values:
+            raise KeyError(f"template needs a value for {key!r}")
+        return values[key]
+
+    return re.sub(r"\{\{\s*(\w+)\s*\}\}", sub, text)
+
+
+def exports(env: dict[str, str]) -> str:
+    return "\n".join(f"export {k}={shell_word(v)}" for k, v in env.items()) or ":"
+
+
+def discovery_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
+    fe = recipe.frontend
+    if fe.discovery is Discovery.file:
+        return {"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": f"{job_dir}/discovery"}
+    return {
+        "ETCD_ENDPOINTS": f"http://{INFRA_ADDR}:{fe.etcd_port}",
+        "NATS_SERVER": f"nats://{INFRA_ADDR}:{fe.nats_port}",
+    }
+
+
+def base_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
+    # Plain log lines: the watchdog's hints and the request accounting read them.
+    env = {"DYN_SDK_DISABLE_ANSI_LOGGING": "1"}
+    env.update(PROFILES[recipe.profile].env)
+    env.update(recipe.env)
+    env.update(discovery_env(recipe, job_dir))
+    if recipe.model.stage_dir:
+        # Staged checkpoints are complete on disk; a hub lookup from many nodes is what races.
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[NodeCommand], job_dir: str) -> str:
+    env = base_env(recipe, job_dir)
+    env.update(recipe.engine.env)
+    env.update(recipe.engine.role(w.role).env)
+    cache_root = f"{job_dir}/cache"
+    cache = "\n".join(
+        f'export {var}={shell_word(cache_root)}/"$(hostname)"/{var.lower()}' for var in PROFILES[recipe.profile].per_node_cache_vars
+    )
+    setup = "\n".join(f"source {shell_word(s)}" for s in recipe.setup_scripts) or ":"
+    cases = []
+    for c in cmds:
+        lines = [f"  {c.node_rank})  # plan node {c.node}" + (" (leader)" if c.leader else "")]
+        lines += [f"    export {k}={shell_word(v)}" for k, v in c.env.items()]
+        # On AMD nodes the GPUs a worker sees are HIP_VISIBLE_DEVICES positions within Slurm's
+        # ROCR_VISIBLE_DEVICES (engines.gpu_pinning): log both.
+        amd = " rocr=${ROCR_VISIBLE_DEVICES:-unset} hip=${HIP_VISIBLE_DEVICES:-unset}" if "HIP_VISIBLE_DEVICES" in c.env else ""
+        lines.append(
+            f'    echo "[inferx] {w.name} node_rank=$node_rank host=$(hostname) '
+            f'gpus=${{CUDA_VISIBLE_DEVICES:-unset}}{amd} start=$(date +%s.%N)"'
+        )
+        lines.append(f"    exec {shell_join(c.argv)} ;;")
+        cases.append("\n".join(lines))
+    return fill(
+        template("worker.sh"),
+        title=f"{w.name}: {w.parallel} over {w.gpus} GPUs on plan nodes {', '.join(map(str, w.nodes))}",
+        script_name=f"{w.name}.sh",
+        nodes_env=shell_word(f"{job_dir}/nodes.env"),
+        leader_node=str(w.leader),
+        frontend_node=str(plan.frontend_node),
+        env_exports=exports(env),
+        cache_exports=cache,
+        setup_sources=setup,
+        worker=w.name,
+        identity_check=identity_check(recipe, w.name, job_dir, w.role),
+        pid_dir=shell_word(f"{job_dir}/logs"),
+        cases="\n".join(cases),
+    )
+
+
+IDENTITY_PROBE = "scripts/identity_probe.py"
+# Standard library only (ctypes NVML), so any python3 on a compute node runs it.
+GPUMON_SCRIPT = "scripts/gpumon.py"
+
+
+def preflight_needs(recipe: Recipe, role: str) -> list[str]:
+    """What a worker must be able to import before it loads weights."""
+    backend = recipe.engine.backend
+    needs = [] if backend is Backend.mocker else [backend.value]
+    if recipe.frontend.server == "dynamo":
+        needs.append("dynamo")
+    nixl = recipe.engine.require_nixl
+    if nixl is None:  # KV moves between prefill and decode engines over NIXL
+        nixl = role != "agg" and backend in (Backend.vllm, Backend.sglang)
+    if nixl:
+        needs.append("nixl")
+    return needs
+
+
+def environment_name(recipe: Recipe) -> str:
+    if recipe.container.runtime is ContainerRuntime.pyxis and recipe.container.image:
+        return f"image {recipe.container.image}"
+    return f"the worker environment ({recipe.engine.python})"
+
+
+def identity_check(recipe: Recipe, worker: str, job_dir: str, role: str = "decode") -> str:
+    """The probe line of a worker script; it runs under the engine's own interpreter, inside the
+    container: the preflight (engine, Dynamo, NIXL importable) and the recipe's identity pins."""
+    argv = [recipe.engine.python, f"{job_dir}/{IDENTITY_PROBE}", "--backend", recipe.engine.backend.value,
+            "--model", recipe.model.path, "--expect", json.dumps(recipe.expect.worker_checks(), sort_keys=True),
+            "--require", ",".join(preflight_needs(recipe, role)), "--where", environment_name(recipe)]
+    out = shell_word(f"{job_dir}/provenance/{worker}") + '.n"$node_rank".json'
+    return f"{shell_join(argv)} --out {out}"
+
+
+def identity_probe_source() -> str:
+    return resources.files("inferx_slurm").joinpath("runtime", "identity_probe.py").read_text()
+
+
+def frontend_argv(recipe: Recipe) -> list[str]:
+    fe = recipe.frontend
+    return [recipe.engine.python, "-m", "dynamo.frontend", "--http-port", str(fe.http_port), "--router-mode", fe.router_mode,
+            *flags(fe.args)]
+
+
+INSTALL_TIMEOUT_S = 900.0
+# What dynamo.frontend and the Dynamo workers import beyond the engine (ai-dynamo's requirements
+# less kubernetes, redis and aisimulate, which they run without).
+DYNAMO_RUNTIME_DEPS = ("aiohttp", "msgspec", "prometheus-client", "pyzmq", "tqdm", "transformers", "zstandard", "uvloop")
+
+
+def install_script(recipe: Recipe) -> str:
+    spec = recipe.engine.dynamo_install
+    assert spec is not None
+    if spec.endswith(".whl"):
+        wheel = PurePosixPath(spec)
+        version = wheel.name.split("-")[1]
+        specs = ["--find-links", str(wheel.parent), str(wheel), f"ai-dynamo-runtime=={version}"]
+        what = f"from {wheel.name}"
+    else:
+        specs, what = [f"ai-dynamo=={spec}", f"ai-dynamo-runtime=={spec}"], spec
+    return fill(template("install.sh"), what=what, python=shell_word(recipe.engine.python), dynamo_specs=shell_join(specs),
+                runtime_deps=shell_join(list(DYNAMO_RUNTIME_DEPS)), backend=recipe.engine.backend.value)
+
+
+def infra_body(recipe: Recipe) -> str:
+    fe = recipe.frontend
+    bin_dir = fe.infra_bin_dir
+    etcd_bin, nats_bin = (f"{bin_dir}/etcd", f"{bin_dir}/nats-server") if bin_dir else ("etcd", "nats-server")
+    where = f"in frontend.infra_bin_dir ({bin_dir})" if bin_dir else "on the host's PATH"
+    check = (f'for b in {shlex.quote(etcd_bin)} {shlex.quote(nats_bin)}; do command -v "$b" >/dev/null || '
+             f'{{ echo "[inferx] infra: $b not found {where}: run setup_scripts/provision_infra_bins.sh DIR on a node '
+             f'of this architecture and set frontend.infra_bin_dir: DIR" >&2; exit 1; }}; done')
+    etcd = [
+        etcd_bin, "--name", "inferx", "--data-dir", "$state/etcd",
+        "--listen-client-urls", f"http://0.0.0.0:{fe.etcd_port}",
+        "--advertise-client-urls", f"http://$INFRA_ADDR:{fe.etcd_port}",
+        "--listen-peer-urls", f"http://127.0.0.1:{fe.etcd_port + 1}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{fe.etcd_port + 1}",
+        "--initial-cluster", f"inferx=http://127.0.0.1:{fe.etcd_port + 1}",
+    ]
+    nats = [nats_bin, "-js", "-a", "0.0.0.0", "-p", str(fe.nats_port), "--store_dir", "$state/nats"]
+
+    def line(argv: list[str]) -> str:
+        # $state and $INFRA_ADDR are the script's own variables; keep them expandable.
+        return " ".join(f'"{a}"' if "$" in a else shlex.quote(a) for a in argv)
+
+    return "\n".join(
+        [
+            check,
+            "trap 'kill $(jobs -p) 2>/dev/null; wait' TERM INT EXIT",
+            f"{line(etcd)} > \"$state/etcd.log\" 2>&1 &",
+            f"{line(nats)} > \"$state/nats.log\" 2>&1 &",
+            "# Either server exiting ends the step, so the watchdog sees it at once.",
+            "wait -n",
+            'echo "[inferx] a discovery server exited; see $state/*.log" >&2',
+            "exit 1",
+        ]
+    )
+
+
+def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> RenderedJob:
+    """Every script of the job and the srun steps that run them."""
+    plan = plan or plan_recipe(recipe)
+    job_dir = str(PurePosixPath(job_dir))
+    files: dict[str, str] = {}
+    steps: list[Step] = []
+    fe_node = plan.frontend_node
+
+    # The engine's own server answers the clients itself: no frontend, no discovery.
+    dynamo_front = recipe.frontend.server == "dynamo"
+    if dynamo_front and recipe.frontend.discovery is Discovery.etcd_nats:
+        files["scripts/infra.sh"] = fill(
+            template("infra.sh"),
+            discovery=recipe.frontend.discovery.value,
+            nodes_env=shell_word(f"{job_dir}/nodes.env"),
+            frontend_node=str(fe_node),
+            state_dir=shell_word(f"{job_dir}/infra"),
+            body=infra_body(recipe),
+        )
+        steps.append(Step(name="infra", kind="infra", node=fe_node, script="scripts/infra.sh", startup_timeout_s=60))
+
+    if recipe.engine.dynamo_install:
+        files["scripts/install.sh"] = install_script(recipe)
+        for node in range(plan.total_nodes):
+            steps.append(Step(name=f"install.node{node}", kind="install", node=node, script="scripts/install.sh",
+                              startup_timeout_s=INSTALL_TIMEOUT_S))
+
+    if dynamo_front:
+        files["scripts/frontend.sh"] = fill(
+            template("frontend.sh"),
+            http_port=str(recipe.frontend.http_port),
+            nodes_env=shell_word(f"{job_dir}/nodes.env"),
+            frontend_node=str(fe_node),
+            env_exports=exports(base_env(recipe, job_dir)),
+            pid_dir=shell_word(f"{job_dir}/logs"),
+            command=shell_join(frontend_argv(recipe)),
+        )
+        steps.append(Step(name="frontend", kind="frontend", node=fe_node, script="scripts/frontend.sh", startup_timeout_s=120))
+
+    files[IDENTITY_PROBE] = identity_probe_source()
+    for w in plan.workers:
+        cmds = node_commands(recipe, plan, w)
+        files[f"scripts/{w.name}.sh"] = worker_script(recipe, plan, w, cmds, job_dir)
+        for c in cmds:
+            steps.append(
+                Step(
+                    name=f"{w.name}.n{c.node_rank}",
+                    kind="worker",
+                    role=w.role,
+                    index=w.index,
+                    node=c.node,
+                    node_rank=c.node_rank,
+                    gpus=len(w.slices[c.node_rank].gpus),
+                    script=f"scripts/{w.name}.sh",
+                    leader=c.leader,
+                    startup_timeout_s=startup_timeout(recipe, w.role),
+                )
+            )
+    interval = recipe.benchmark.gpu_metrics_interval_s
+    if interval:
+        files[GPUMON_SCRIPT] = resources.files("inferx_slurm").joinpath("runtime", "gpumon.py").read_text()
+        files["scripts/gpumon.sh"] = fill(
+            template("gpumon.sh"), script=shell_word(f"{job_dir}/{GPUMON_SCRIPT}"), out_dir=shell_word(f"{job_dir}/logs"),
+            interval=shell_word(str(interval)),
+        )
+        for node in range(plan.total_nodes):
+            steps.append(Step(name=f"gpumon.node{node}", kind="monitor", node=node, gpus=plan.gpus_per_node, script="scripts/gpumon.sh"))
+    return RenderedJob(job_dir=job_dir, files=files, steps=steps, env={"INFERX_JOB_DIR": job_dir})
+
+
+def container_name(job_id: str, node: int) -> str:
+    """One named container per node and job: pyxis creates it on the node's first step and
+    every later step of the job on that node reuses it (unnamed ones are unpacked per step)."""
+    return f"inferx-{job_id}-n{node}"
+
+
+# Steps that run in the engine's container; discovery and the GPU sampler run on the host:
+# the engine image has neither etcd nor NATS, and the sampler needs only a host Python.
+CONTAINER_STEPS = ("install", "frontend", "worker")
+
+
+def container_mounts(recipe: Recipe, job_dir: str) -> list[str]:
+    """What every container step sees at the same path as the host: the job dir (scripts, logs,
+    results), the staged models, the setup scripts' dirs, and the recipe's own mounts."""
+    paths = [job_dir]
+    if recipe.model.stage_dir:
+        paths.append(recipe.model.stage_dir)
+    paths += [str(PurePosixPath(s).parent) for s in recipe.setup_scripts]
+    mounts = [f"{p}:{p}" for p in dict.fromkeys(paths)]
+    return mounts + [m for m in recipe.container.mounts if m not in mounts]
+
+
+def pyxis_flags(recipe: Recipe, step: Step, job_dir: str, image: str, job_id: str) -> list[str]:
+    c = recipe.container
+    flags = [f"--container-image={image}", f"--container-name={container_name(job_id, step.node)}",
+             "--container-mounts=" + ",".join(container_mounts(recipe, job_dir))]
+    flags.append("--container-mount-home" if c.mount_home else "--no-container-mount-home")
+    if c.workdir:
+        flags.append(f"--container-workdir={c.workdir}")
+    if c.writable is not None:
+        flags.append("--container-writable" if c.writable else "--container-readonly")
+    if c.env:
+        flags.append("--container-env=" + ",".join(c.env))
+    return flags
+
+
+def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Optional[str] = None,
+              job_id: str = "JOBID") -> list[str]:
+    """The srun command that starts one step on its node."""
+    # Every step overlaps: engines need all of a node's CPUs and memory, which a step sized
+    # by --exact would confine them away from. Worker steps see the node's GPUs and the
+    # worker script pins its own (CUDA_VISIBLE_DEVICES from the plan); infra and frontend
+    # steps see none.
+    gpus = recipe.gpus_per_node if step.gpus else 0
+    argv = [
+        "srun", "--overlap", "--mem=0", f"--gpus-per-node={gpus}", "--nodes=1", "--ntasks=1", f"--nodelist={host}",
+        f"--job-name={step.name}", f"--output={job_dir}/logs/{step.name}.log", "--open-mode=append",
+        "--kill-on-bad-exit=1",
+    ]
+    if recipe.container.runtime is ContainerRuntime.pyxis and image and step.kind in CONTAINER_STEPS:
+        argv += pyxis_flags(recipe, step, job_dir, image, job_id)
+    argv += list(recipe.slurm.srun_args)
+    argv += ["bash", f"{job_dir}/{step.script}"]
+    if step.kind == "worker":
+        argv.append(str(step.node_rank))
+    return argv

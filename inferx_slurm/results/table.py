@@ -1,0 +1,112 @@
+"""The results table: reading summaries and printing them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from inferx_slurm.fsutil import read_json
+
+COLUMNS = [
+    ("isl", "ISL", "{:d}"),
+    ("osl", "OSL", "{:d}"),
+    ("concurrency", "conc", "{:d}"),
+    ("num_prefill_gpu", "P gpu", "{:d}"),
+    ("num_decode_gpu", "D gpu", "{:d}"),
+    ("total_token_throughput", "tok/s", "{:.1f}"),
+    ("tput_per_gpu", "tok/s/gpu", "{:.1f}"),
+    ("output_tput_per_gpu", "out/s/gpu", "{:.1f}"),
+    ("mean_ttft_ms", "TTFT ms", "{:.1f}"),
+    ("p99_ttft_ms", "p99 TTFT", "{:.1f}"),
+    ("mean_tpot_ms", "TPOT ms", "{:.2f}"),
+    ("intvty", "tok/s/user", "{:.1f}"),
+    ("avg_gpu_power_w", "W/gpu", "{:.0f}"),
+    ("completed", "done", "{:d}"),
+    ("failed", "failed", "{:d}"),
+]
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    v = row.get(key)
+    if v is None:
+        return "-"
+    try:
+        return fmt.format(int(v) if "d}" in fmt else float(v))
+    except (TypeError, ValueError):
+        return str(v)
+
+
+AGG_COLUMN = ("num_agg_gpu", "A gpu", "{:d}")
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no results)"
+    cols = list(COLUMNS)
+    if any(r.get("num_agg_gpu") for r in rows):  # aggregated GPUs do prefill and decode
+        cols.insert(5, AGG_COLUMN)
+    cells = [[h for _, h, _ in cols]] + [[_cell(r, k, f) for k, _, f in cols] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells)
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "summary.json"
+    if not p.exists():
+        from inferx_slurm.errors import InferxError
+
+        raise InferxError(f"no summary.json at {p}; pass a results dir written by `launch`")
+    return read_json(p)
+
+
+def served_line(summary: dict[str, Any]) -> str:
+    served = summary.get("served") or {}
+    if not served:
+        return ""
+    done = sum(int(r.get("completed") or 0) for r in summary.get("rows", []))
+    workers = ", ".join(f"{k} {v}" for k, v in served.get("per_worker", {}).items())
+    if "agg_requests" in served:
+        return f"requests served by aggregated workers: {served['agg_requests']} (client completed {done}); per worker: {workers}"
+    return (f"requests through prefill and decode: {served.get('through_prefill_and_decode')} "
+            f"(client completed {done}); per worker: {workers}")
+
+
+# Metrics a comparison reports, and whether bigger is better.
+DELTA_METRICS = [
+    ("tput_per_gpu", "tok/s/gpu", True),
+    ("output_tput_per_gpu", "out/s/gpu", True),
+    ("mean_ttft_ms", "TTFT ms", False),
+    ("mean_tpot_ms", "TPOT ms", False),
+    ("intvty", "tok/s/user", True),
+]
+
+
+def compare(base: dict[str, Any], new: dict[str, Any]) -> str:
+    """Run-vs-run table: each (ISL, OSL, concurrency) both runs measured, new vs base in %."""
+
+    def key(r: dict[str, Any]) -> tuple[int, int, int]:
+        return (int(r["isl"]), int(r["osl"]), int(r["concurrency"]))
+
+    old = {key(r): r for r in base.get("rows", [])}
+    head = ["ISL", "OSL", "conc"] + [h for _, h, _ in DELTA_METRICS]
+    lines = [head]
+    for r in sorted(new.get("rows", []), key=key):
+        o = old.get(key(r))
+        if o is None:
+            continue
+        cells = [str(x) for x in key(r)]
+        for k, _, higher_better in DELTA_METRICS:
+            a, b = o.get(k), r.get(k)
+            if not a or b is None:
+                cells.append("-")
+                continue
+            pct = (b - a) / a * 100
+            better = pct > 0 if higher_better else pct < 0
+            cells.append(f"{pct:+.1f}%" + ("" if abs(pct) < 0.05 else (" ok" if better else " !!")))
+        lines.append(cells)
+    if len(lines) == 1:
+        return "(no (ISL, OSL, concurrency) point in common)"
+    widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(l, widths)) for l in lines)
