@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from inferx_slurm.engines.common import node_commands
+from inferx_slurm.engines import node_commands
 from inferx_slurm.errors import RecipeError
 from inferx_slurm.planning.placement import plan_recipe, plan_topology
 from inferx_slurm.recipe.schema import Recipe

@@ -1,6 +1,7 @@
 import pytest
 
-from inferx_slurm.engines.common import cuda_graph_sizes, max_model_len, node_commands
+from inferx_slurm.engines import node_commands
+from inferx_slurm.engines.common import cuda_graph_sizes, max_model_len
 from inferx_slurm.errors import RecipeError
 from inferx_slurm.planning.placement import plan_recipe
 from inferx_slurm.recipe.schema import Recipe
