@@ -36,7 +36,6 @@ BYTES_PER_PARAM: dict[str, float] = {
     "fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0,
     "mxfp8": 1 + 1 / 32, "mxfp4": 0.5 + 1 / 32, "nvfp4": 0.5 + 1 / 16, "int4": 0.5,
 }
-FORMATS = tuple(BYTES_PER_PARAM)
 
 # A worker fits without a model config (only a checkpoint size) when its weights leave this
 # share of the budget for everything else: KV cache, graphs, activations.
