@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from inferx_slurm.engines import engine_memory
 from inferx_slurm.engines.common import cuda_graph_sizes
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.planning.memory import GB, KV_SHARE, EngineMemory, Footprint, Point, RoleMemory, alternatives, describe, footprint_from_split, footprint_from_total, footprint_from_tensors, plan_role
+from inferx_slurm.planning.footprint import GB, Footprint, footprint_from_split, footprint_from_tensors, footprint_from_total
+from inferx_slurm.planning.memory import KV_SHARE, EngineMemory, Point, RoleMemory, alternatives, describe, plan_role
 from inferx_slurm.planning.placement import plan_recipe
 from inferx_slurm.recipe.profiles import PROFILES
 from inferx_slurm.recipe.schema import Recipe
