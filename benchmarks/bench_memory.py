@@ -21,7 +21,7 @@ from checkpoints import minimax_m3_mxfp8  # noqa: E402
 
 from inferx_slurm.planning.checkpoint import read_checkpoint  # noqa: E402
 from inferx_slurm.planning.feasibility import memory_plan  # noqa: E402
-from inferx_slurm.planning.memory import footprint_from_tensors  # noqa: E402
+from inferx_slurm.planning.footprint import footprint_from_tensors  # noqa: E402
 from inferx_slurm.recipe.schema import Recipe  # noqa: E402
 
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs what is missing and runs the whole suite, the end-to-end runs on the local Slurm
-# cluster included. Extra arguments go to pytest.
+# Installs what is missing, lints (ruff, configured in pyproject.toml) and runs the whole suite,
+# the end-to-end runs on the local Slurm cluster included. Extra arguments go to pytest.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
 bash setup_scripts/install.sh
+python3 -m ruff check inferx_slurm tests benchmarks
 export INFERX_LOCAL_CLUSTER_DIR="${INFERX_LOCAL_CLUSTER_DIR:-/var/tmp/inferx-local-cluster}"
 exec python3 -m pytest -q -p no:cacheprovider "$@"

@@ -21,12 +21,12 @@ os.environ.setdefault("INFERX_SITE", "none")
 def cluster():
     """A 3-node local cluster with 4 fake GPUs a node; left as found (stopped only if we started it)."""
     from inferx_slurm import localdev as lc
-    from inferx_slurm.commands.local_cluster import _ensure_tiny_model
+    from inferx_slurm.commands.local_cluster import ensure_tiny_model
 
     state_dir = Path(os.environ.get("INFERX_LOCAL_CLUSTER_DIR", "/var/tmp/inferx-local-cluster"))
     was_up = lc.status(state_dir).up
     info = lc.up(nodes=3, gpus_per_node=4, state_dir=state_dir)
-    _ensure_tiny_model(info.state_dir)
+    ensure_tiny_model(info.state_dir)
     saved = {k: os.environ.get(k) for k in ("SLURM_CONF", "INFERX_LOCAL_CLUSTER_DIR")}
     os.environ.update(info.env)
     os.environ["INFERX_LOCAL_CLUSTER_DIR"] = str(info.state_dir)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from inferx_slurm.engines.common import node_commands
+from inferx_slurm.engines import node_commands
 from inferx_slurm.errors import RecipeError
 from inferx_slurm.planning.placement import plan_recipe, plan_topology
 from inferx_slurm.recipe.schema import Recipe
@@ -177,3 +177,31 @@ def test_every_seed_system_has_a_recipe():
     assert "--enable-expert-parallel" not in mi300
     mi355 = seed("mi355x/minimax-m3-fp4-tep4-eagle3-1k1k.yaml")
     assert flag(argv_of(mi355), "--moe-backend") == "aiter" and mi355.engine.env["VLLM_ROCM_USE_AITER_MOE"] == "1"
+
+
+def test_logs_selects_aggregated_workers(tmp_path, capsys):
+    """`logs --role` takes every role of the one role list: aggregated workers' logs included."""
+    from inferx_slurm.cli import main
+    from inferx_slurm.recipe.topology import ROLES
+
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    (run / "job.json").write_text(json.dumps({"job_id": "41"}))
+    for name in ("agg-0.n0", "agg-1.n0", "agg-1.n1", "frontend", "infra", "gpumon.node0"):
+        (run / "logs" / f"{name}.log").write_text(f"a line of {name}\n")
+
+    def heads(*args: str) -> list[str]:
+        assert main(["logs", str(run), *args]) == 0
+        return [line for line in capsys.readouterr().out.splitlines() if line.startswith("==> ")]
+
+    assert heads("--role", "agg") == [f"==> {run}/logs/{n}.log <==" for n in ("agg-0.n0", "agg-1.n0", "agg-1.n1")]
+    assert heads("--role", "agg", "--index", "1") == [f"==> {run}/logs/{n}.log <==" for n in ("agg-1.n0", "agg-1.n1")]
+    assert heads("--role", "frontend") == [f"==> {run}/logs/frontend.log <=="]
+    for role in ROLES:  # a role with no logs in this run is a clear error, not a usage error
+        if role != "agg":
+            assert main(["logs", str(run), "--role", role]) == 1
+            assert f"no logs for role={role}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["logs", str(run), "--role", "aggregated"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and all(repr(r) in err for r in (*ROLES, "frontend", "infra")), err

@@ -14,7 +14,7 @@ import pytest
 
 from inferx_slurm.ci import report as cr
 from inferx_slurm.results.baseline import DEFAULT_THRESHOLDS, gate, load_rows, parse_thresholds
-from inferx_slurm.ci.env import from_environ
+from inferx_slurm.ci.env import SPEC_DECODING, check_against_recipe, from_environ
 from inferx_slurm.results.archive import write_archive
 from inferx_slurm.errors import RecipeError
 from inferx_slurm.recipe.topology import Topology
@@ -85,6 +85,36 @@ def actions_env(tmp: Path, **extra) -> dict[str, str]:
 
 def outputs(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def test_the_variable_table_says_what_is_accepted():
+    """The module's table is the CI variables' documentation: DISAGG and SPEC_DECODING take every
+    value it lists, and each is checked against what the recipe serves."""
+    import re
+
+    from inferx_slurm.ci import env as ci_env
+    from inferx_slurm.recipe.schema import Recipe
+
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `(\w+)` \| (.*) \|$", ci_env.__doc__ or "", re.M)}
+    listed = set(re.findall(r"`(\w+)`", rows["SPEC_DECODING"]))
+    assert set(SPEC_DECODING) <= listed and "must be `none`" not in rows["SPEC_DECODING"]
+    assert {"true", "false"} <= set(re.findall(r"`(\w+)`", rows["DISAGG"]))
+    agg = Recipe.load(REPO / "recipes/agg/h200/minimax-m3-tp8-eagle3-1k1k.yaml")
+    disagg = Recipe.load(RECIPE)
+    for value, recipe in (("false", agg), ("true", disagg)):
+        check_against_recipe(from_environ({"DISAGG": value}), recipe)
+        with pytest.raises(RecipeError) as e:
+            check_against_recipe(from_environ({"DISAGG": value}), disagg if recipe is agg else agg)
+        assert e.value.field == "DISAGG"
+    for value in SPEC_DECODING:
+        env = from_environ({"SPEC_DECODING": value.upper()})
+        assert env.spec_decoding == value
+        serves = agg if value == "eagle3" else disagg if value == "none" else None
+        if serves is not None:
+            check_against_recipe(env, serves)
+        with pytest.raises(RecipeError) as e:
+            check_against_recipe(env, disagg if value != "none" else agg)
+        assert e.value.field == "SPEC_DECODING"
 
 
 def test_environment_error_exits_2_before_submitting(tmp_path):

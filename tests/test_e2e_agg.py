@@ -50,6 +50,20 @@ def test_aggregated_mocker_runs_with_launch_wait(cluster, tmp_path, name, worker
         log = (d / "logs" / f"agg-{w}.n0.log").read_text()
         assert "--disaggregation-mode agg" in (d / "scripts" / f"agg-{w}.sh").read_text()
         assert f"agg-{w} node_rank=0" in log
+    logs = subprocess.run([sys.executable, "-m", "inferx_slurm", "logs", str(d), "--role", "agg"], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert logs.returncode == 0, logs.stderr
+    assert [line for line in logs.stdout.splitlines() if line.startswith("==> ")] == \
+        [f"==> {d}/logs/agg-{w}.n0.log <==" for w in range(workers)]
+    # the batch script submitit submitted is the one a dry run renders
+    from inferx_slurm.job.sbatch import sbatch_script
+    from inferx_slurm.planning.placement import plan_recipe
+    from inferx_slurm.recipe.schema import Recipe
+
+    job = json.loads((d / "job.json").read_text())
+    r = Recipe.from_dict(json.loads((d / "recipe.json").read_text()))
+    submitted = Path(job["submitit_folder"]) / f"{job['job_id']}_submission.sh"
+    assert submitted.read_text() == sbatch_script(r, plan_recipe(r), job["submitit_folder"])
 
 
 def test_ci_result_files_for_an_aggregated_run(cluster, tmp_path):

@@ -1,6 +1,7 @@
 import pytest
 
-from inferx_slurm.engines.common import cuda_graph_sizes, max_model_len, node_commands
+from inferx_slurm.engines import node_commands
+from inferx_slurm.engines.common import cuda_graph_sizes, max_model_len
 from inferx_slurm.errors import RecipeError
 from inferx_slurm.planning.placement import plan_recipe
 from inferx_slurm.recipe.schema import Recipe
@@ -94,3 +95,45 @@ def test_sglang_and_mocker_and_trtllm():
         t = recipe("1P1D TP4->TEP8", backend="trtllm")
         tp = plan_recipe(t)
         node_commands(t, tp, tp.workers[1])
+
+
+@pytest.mark.parametrize("backend,module,timeout,needs", [
+    ("vllm", "dynamo.vllm", 1800, {"prefill": ["vllm", "dynamo", "nixl"], "agg": ["vllm", "dynamo"]}),
+    ("sglang", "dynamo.sglang", 1800, {"prefill": ["sglang", "dynamo", "nixl"], "agg": ["sglang", "dynamo"]}),
+    ("trtllm", "dynamo.trtllm", 2400, {"prefill": ["trtllm", "dynamo"], "agg": ["trtllm", "dynamo"]}),
+    ("mocker", "dynamo.mocker", 120, {"prefill": ["dynamo"], "agg": ["dynamo"]}),
+])
+def test_each_backend_module_says_what_it_runs_and_needs(backend, module, timeout, needs):
+    from inferx_slurm.engines import BACKENDS, entry_point, preflight_needs, startup_timeout
+    from inferx_slurm.recipe.sections import Backend
+    from inferx_slurm.runtime.identity_probe import NEEDS
+
+    assert set(BACKENDS) == set(Backend)
+    disagg, agg = recipe("1P1D TP4", backend=backend), recipe("1A TP4", backend=backend)
+    assert entry_point(disagg) == ["-m", module]
+    assert startup_timeout(disagg, "decode") == timeout
+    assert startup_timeout(recipe("1P1D TP4", backend=backend, engine={"decode": {"startup_timeout_s": 7}}), "decode") == 7
+    assert preflight_needs(disagg, "prefill") == needs["prefill"] and preflight_needs(agg, "agg") == needs["agg"]
+    forced = recipe("1A TP4", backend=backend, engine={"require_nixl": True})
+    assert preflight_needs(forced, "agg")[-1] == "nixl"
+    assert set(BACKENDS[Backend(backend)].PREFLIGHT_NEEDS) <= set(NEEDS)  # names the probe on the node knows
+
+
+def test_memory_settings_default_per_backend_when_flags_are_unset():
+    from inferx_slurm.engines import engine_memory
+
+    got = {}
+    for backend in ("vllm", "sglang", "trtllm", "mocker"):
+        r = recipe("1A TEP4", backend=backend)
+        got[backend] = engine_memory(r, plan_recipe(r), "agg")
+    vllm, sglang, trtllm = got["vllm"], got["sglang"], got["trtllm"]
+    assert got["mocker"] is None
+    assert (vllm.fraction, vllm.fraction_flag, vllm.max_seqs, vllm.max_batched_tokens) == (0.9, "gpu-memory-utilization", 1024, 8192)
+    assert vllm.capture_sizes == [1, 2, 4, 8, 16, 32, 64] and vllm.graphs_follow_concurrency  # derived from concurrency 48
+    assert (sglang.fraction, sglang.fraction_of, sglang.max_seqs, sglang.capture_sizes[-1]) == (0.85, "static", 1024, 256)
+    assert (trtllm.fraction, trtllm.fraction_of, trtllm.max_seqs, trtllm.capture_sizes[-1]) == (0.9, "free", 2048, 128)
+    eager = recipe("1A TEP4", engine={"args": {"enforce-eager": True, "max-num-seqs": 64, "kv-cache-dtype": "fp8"}})
+    m = engine_memory(eager, plan_recipe(eager), "agg")
+    assert (m.capture_sizes, m.max_seqs, m.kv_dtype_bytes, m.block_size) == ([], 64, 1, 128)
+    capped = recipe("1A TEP4", engine={"args": {"compilation-config": {}, "max-num-seqs": 8}})
+    assert engine_memory(capped, plan_recipe(capped), "agg").capture_sizes == [1, 2, 4, 8, 16]

@@ -14,7 +14,8 @@ from checkpoints import minimax_m3_mxfp8
 from inferx_slurm.planning.checkpoint import read_checkpoint
 from inferx_slurm.errors import RecipeError
 from inferx_slurm.planning.feasibility import footprint, memory_plan, require_fit
-from inferx_slurm.planning.memory import Architecture, held_format
+from inferx_slurm.planning.footprint import Architecture
+from inferx_slurm.planning.memory import held_format
 from inferx_slurm.recipe.profiles import PROFILES
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.sweeps.expand import expand

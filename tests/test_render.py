@@ -110,3 +110,43 @@ def test_sbatch_script_has_the_allocation():
                  "#SBATCH --exclusive", "#SBATCH --time=240", "#SBATCH --partition=batch"):
         assert line in text
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+
+
+def test_sbatch_script_is_the_file_submitit_submits(tmp_path, monkeypatch):
+    """What a dry run prints is byte for byte the batch script submitit writes when it submits the
+    same parameters, for one job and for a job array. `sbatch` here only answers with a job id:
+    nothing reaches a cluster."""
+    import submitit
+
+    from inferx_slurm.job.interpreter import node_python
+    from inferx_slurm.job.sbatch import batch_script, executor_params, runner_command
+    from inferx_slurm.runtime.driver import run_job
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'Submitted batch job 4242'\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # SlurmExecutor only checks that it exists
+    for exe in bin_dir.iterdir():
+        exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    r = load(CASES["gb200-2p1d-dep8-dep16"]).with_overrides({"slurm.sbatch_args": {"reservation": "bench a", "mail-type": "END"}})
+    plan = plan_recipe(r)
+    params = executor_params(r, plan)
+
+    one = tmp_path / "a results dir" / "submitit"
+    executor = submitit.SlurmExecutor(folder=one, python=node_python(r))
+    executor.update_parameters(**params)
+    assert executor.submit(run_job, "/results/run").job_id == "4242"
+    submitted = (one / "4242_submission.sh").read_text()
+    assert submitted == sbatch_script(r, plan, one)
+    assert "#SBATCH --reservation='bench a'" in submitted and "#SBATCH --nodes=8" in submitted
+
+    array = tmp_path / "array"
+    executor = submitit.SlurmExecutor(folder=array, python=node_python(r))
+    executor.update_parameters(**params)
+    with executor.batch():
+        jobs = [executor.submit(run_job, f"/results/run{i}") for i in range(3)]
+    assert [j.job_id for j in jobs] == ["4242_0", "4242_1", "4242_2"]
+    submitted = (array / "4242_submission.sh").read_text()
+    assert submitted == batch_script(runner_command(node_python(r), array), array, params, array_size=3)
+    assert "#SBATCH --array=0-2%3" in submitted

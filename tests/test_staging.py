@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from inferx_slurm.sharedfs.locks import exclusive, read_holder
-from inferx_slurm.sharedfs.staging import MANIFEST_NAME, READY_NAME, StageError, StageSourceError, _filesystem_type, is_staged, read_manifest, serving_env, stage_model, staged_name
+from inferx_slurm.sharedfs.stage_copy import filesystem_type
+from inferx_slurm.sharedfs.staging import MANIFEST_NAME, READY_NAME, StageError, StageSourceError, is_staged, read_manifest, serving_env, stage_model, staged_name
 
 ROOT = Path(__file__).resolve().parents[1]
 _FORK = multiprocessing.get_context("fork")
@@ -183,9 +184,9 @@ def test_filesystem_type_from_mounts():
         "10.0.0.1@o2ib:/scratch /lustre lustre rw,flock 0 0\n"
         "nfs:/home /lustre/home nfs rw 0 0\n"
     )
-    assert _filesystem_type(Path("/lustre/models/x"), mounts) == "lustre"
-    assert _filesystem_type(Path("/lustre/home/u"), mounts) == "nfs"
-    assert _filesystem_type(Path("/lustrefoo"), mounts) == "ext4"
+    assert filesystem_type(Path("/lustre/models/x"), mounts) == "lustre"
+    assert filesystem_type(Path("/lustre/home/u"), mounts) == "nfs"
+    assert filesystem_type(Path("/lustrefoo"), mounts) == "ext4"
 
 
 def test_serving_env():

@@ -13,8 +13,8 @@ script is one line. The mapping:
 | `CONC_LIST` (space separated), `CONC` | `benchmark.concurrency` (`CONC` must be in `CONC_LIST` when both are set) |
 | `FRAMEWORK` | `engine.backend`: dynamo-vllm, dynamo-sglang, dynamo-trt, mocker (or vllm, sglang, trtllm) |
 | `PREFILL_NUM_WORKERS`, `PREFILL_TP`, `PREFILL_EP`, `PREFILL_DP_ATTN`, same with `DECODE_` | `topology` (`xPyD SPEC->SPEC`; DP attention -> DEPn, EP = TP -> TEPn, EP 1 -> TPn) |
-| `DISAGG` | must be `true` when set (inferx-slurm serves disaggregated) |
-| `SPEC_DECODING` | must be `none` when set |
+| `DISAGG` | `true` or `false`: labels the results and must agree with the recipe's `topology` (`xPyD ...` is disaggregated, `NA SPEC` aggregated); `false` contradicts `PREFILL_*`/`DECODE_*` |
+| `SPEC_DECODING` | `none`, `mtp`, `eagle3`, `eagle` or `ngram`: labels the results and must match the recipe's `speculative.method` (`none`: no `speculative:` section) |
 | `SLURM_PARTITION`, `SLURM_ACCOUNT` | `slurm.partition`, `slurm.account` |
 | `RUNNER_NAME` | `slurm.job_name` (the workflow's pre-run cleanup cancels jobs by this name) |
 | `RESULT_FILENAME` | prefix of the result files |

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from inferx_slurm.errors import InferxError
 from inferx_slurm.job.submit import JobHandle, attach
+from inferx_slurm.recipe.topology import ROLES
 from inferx_slurm.results.table import format_table
 from inferx_slurm.sweeps.state import MANIFEST, format_progress, progress
 from inferx_slurm.sweeps.state import rows as sweep_rows
@@ -97,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("logs", help="print or follow a job's logs", description="Print (or -f follow) the per-step logs of a job.")
     p.add_argument("ref", metavar="JOBID|RESULTS")
-    p.add_argument("--role", choices=["prefill", "decode", "frontend", "infra"])
+    p.add_argument("--role", choices=[*ROLES, "frontend", "infra"], help="whose logs: a worker role, or a service step")
     p.add_argument("--index", type=int)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the job ends")
     p.set_defaults(func=cmd_logs)

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "up":
             info = lc.up(nodes=args.nodes, gpus_per_node=args.gpus_per_node, state_dir=state_dir, gpu_vendor=args.gpu_vendor)
-            model = _ensure_tiny_model(info.state_dir)
+            model = ensure_tiny_model(info.state_dir)
         elif args.action == "down":
             lc.down(state_dir)
             info = lc.status(state_dir)
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_tiny_model(state_dir: Path) -> Path:
+def ensure_tiny_model(state_dir: Path) -> Path:
     """The mock engines and the benchmark client share one offline HF cache."""
     from inferx_slurm.localdev.tiny_model import make_tiny_model
 

@@ -17,10 +17,11 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from inferx_slurm.engines.common import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags, node_commands, startup_timeout
+from inferx_slurm.engines import node_commands, preflight_needs, startup_timeout
+from inferx_slurm.engines.common import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags
 from inferx_slurm.planning.placement import Plan, WorkerPlacement, plan_recipe
 from inferx_slurm.recipe.profiles import PROFILES
-from inferx_slurm.recipe.sections import Backend, ContainerRuntime, Discovery
+from inferx_slurm.recipe.sections import ContainerRuntime, Discovery
 from inferx_slurm.recipe.schema import Recipe
 
 StepKind = Literal["infra", "install", "frontend", "worker", "monitor"]
@@ -157,20 +158,6 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
 IDENTITY_PROBE = "scripts/identity_probe.py"
 # Standard library only (ctypes NVML), so any python3 on a compute node runs it.
 GPUMON_SCRIPT = "scripts/gpumon.py"
-
-
-def preflight_needs(recipe: Recipe, role: str) -> list[str]:
-    """What a worker must be able to import before it loads weights."""
-    backend = recipe.engine.backend
-    needs = [] if backend is Backend.mocker else [backend.value]
-    if recipe.frontend.server == "dynamo":
-        needs.append("dynamo")
-    nixl = recipe.engine.require_nixl
-    if nixl is None:  # KV moves between prefill and decode engines over NIXL
-        nixl = role != "agg" and backend in (Backend.vllm, Backend.sglang)
-    if nixl:
-        needs.append("nixl")
-    return needs
 
 
 def environment_name(recipe: Recipe) -> str:

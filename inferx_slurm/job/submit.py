@@ -117,14 +117,12 @@ def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = N
 class JobHandle:
     """A submitted deployment. Wait for it, follow its logs, cancel it, read its results."""
 
-    def __init__(self, job_id: str, results_dir: Path, *, env: Optional[dict[str, str]] = None, job: Any = None,
-                 shared: bool = False):
+    def __init__(self, job_id: str, results_dir: Path, *, env: Optional[dict[str, str]] = None, shared: bool = False):
         self.job_id = str(job_id)
         # A packed deployment shares its job with others: its end is its own status, not the job's.
         self.shared = shared
         self.results_dir = Path(results_dir)
         self.env = env
-        self._job = job
 
     def __repr__(self) -> str:
         return f"JobHandle(job_id={self.job_id!r}, results_dir={str(self.results_dir)!r})"
@@ -285,7 +283,7 @@ def submit_many(
         for job, (_, rd, _) in zip(jobs, items):
             atomic_write_json(rd / "job.json", {"job_id": job.job_id, "submitted": time.time(), "argv": sys.argv,
                                                 "submitit_folder": str(folder)})
-            handles.append(JobHandle(job.job_id, rd, env=env, job=job))
+            handles.append(JobHandle(job.job_id, rd, env=env))
     return handles
 
 

@@ -17,28 +17,17 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferx_slurm.engines.common import block_size, cuda_graph_sizes, node_commands
+from inferx_slurm.engines import engine_memory
+from inferx_slurm.engines.common import cuda_graph_sizes
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.planning.memory import GB, KV_SHARE, EngineMemory, Footprint, Point, RoleMemory, alternatives, describe, footprint_from_split, footprint_from_total, footprint_from_tensors, plan_role
-from inferx_slurm.planning.placement import Plan, plan_recipe
+from inferx_slurm.planning.footprint import GB, Footprint, footprint_from_split, footprint_from_tensors, footprint_from_total
+from inferx_slurm.planning.memory import KV_SHARE, EngineMemory, Point, RoleMemory, alternatives, describe, plan_role
+from inferx_slurm.planning.placement import plan_recipe
 from inferx_slurm.recipe.profiles import PROFILES
-from inferx_slurm.recipe.sections import Backend
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.topology import Parallelism
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-
-# vLLM's defaults when a flag is unset (engine arg defaults for the OpenAI server on GPUs with
-# 70 GiB or more): max-num-seqs 1024, max-num-batched-tokens 8192, and CUDA graphs for
-# 1, 2, 4, then every 8 up to 256, then every 16 up to min(2 x max-num-seqs, 512).
-VLLM_MAX_SEQS = 1024
-VLLM_MAX_BATCHED_TOKENS = 8192
-# SGLang sizes --mem-fraction-static from GPU memory and TP when unset (0.8-0.88 on large
-# GPUs); the middle of that range is assumed. Its default chunked prefill is 8192 tokens.
-SGLANG_MEM_FRACTION = 0.85
-SGLANG_CUDA_GRAPH_MAX_BS = 256
-# TRT-LLM's KV cache takes --free-gpu-memory-fraction (default 0.9) of what the weights leave.
-TRTLLM_FREE_FRACTION = 0.9
 
 
 class MemoryPlan(BaseModel):
@@ -102,58 +91,6 @@ def local_weights_gb(path: str | Path) -> Optional[float]:
 
 def gpu_memory_gb(recipe: Recipe) -> Optional[float]:
     return recipe.slurm.gpu_memory_gb or PROFILES[recipe.profile].gpu_memory_gb
-
-
-def engine_memory(recipe: Recipe, plan: Plan, role: str) -> Optional[EngineMemory]:
-    """The memory settings of a role's engine, from the arguments its leader is started with."""
-    backend = recipe.engine.backend
-    if backend is Backend.mocker:
-        return None  # simulates GPUs, holds nothing
-    w = plan.role_workers(role)[0]
-    args = {a.flag: a.value for a in node_commands(recipe, plan, w)[0].args}
-    top = max(recipe.benchmark.concurrency)
-
-    def num(key: str, default: float) -> float:
-        v = args.get(key)
-        return default if v is None or v is False else float(v)  # type: ignore[arg-type]
-
-    kv_dtype = str(args.get("kv-cache-dtype") or "auto").lower()
-    kv_bytes = 1 if kv_dtype.startswith("fp8") else None
-    blk = block_size(recipe)
-    if backend is Backend.vllm:
-        max_seqs = int(num("max-num-seqs", VLLM_MAX_SEQS))
-        cc = args.get("compilation-config")
-        sizes: list[int]
-        follows = False
-        if args.get("enforce-eager"):
-            sizes = []
-        elif isinstance(cc, dict) and isinstance(cc.get("cudagraph_capture_sizes"), list):
-            sizes = [int(s) for s in cc["cudagraph_capture_sizes"]]
-            follows = sizes == cuda_graph_sizes(top)
-        elif isinstance(args.get("cuda-graph-sizes"), list):
-            sizes = [int(s) for s in args["cuda-graph-sizes"]]  # type: ignore[union-attr]
-        else:
-            cap = int(num("max-cudagraph-capture-size", min(2 * max_seqs, 512)))
-            sizes = vllm_default_capture_sizes(cap)
-        return EngineMemory(backend="vllm", fraction=num("gpu-memory-utilization", 0.9), fraction_flag="gpu-memory-utilization",
-                            fraction_of="total", capture_sizes=sizes, graphs_follow_concurrency=follows,
-                            max_batched_tokens=int(num("max-num-batched-tokens", VLLM_MAX_BATCHED_TOKENS)), max_seqs=max_seqs,
-                            kv_dtype_bytes=kv_bytes, block_size=blk, language_model_only=bool(args.get("language-model-only")))
-    if backend is Backend.sglang:
-        max_bs = int(num("cuda-graph-max-bs", SGLANG_CUDA_GRAPH_MAX_BS))
-        sizes = [] if args.get("disable-cuda-graph") else cuda_graph_sizes(max_bs)
-        return EngineMemory(backend="sglang", fraction=num("mem-fraction-static", SGLANG_MEM_FRACTION), fraction_flag="mem-fraction-static",
-                            fraction_of="static", capture_sizes=sizes, max_batched_tokens=int(num("chunked-prefill-size", 8192)),
-                            max_seqs=int(num("max-running-requests", VLLM_MAX_SEQS)), kv_dtype_bytes=kv_bytes, block_size=blk)
-    max_bs = int(num("max-batch-size", 2048))
-    return EngineMemory(backend="trtllm", fraction=num("free-gpu-memory-fraction", TRTLLM_FREE_FRACTION),
-                        fraction_flag="free-gpu-memory-fraction", fraction_of="free", capture_sizes=cuda_graph_sizes(min(max_bs, 128)),
-                        max_batched_tokens=int(num("max-num-tokens", 8192)), max_seqs=max_bs, kv_dtype_bytes=kv_bytes, block_size=blk)
-
-
-def vllm_default_capture_sizes(cap: int) -> list[int]:
-    sizes = [s for s in [1, 2, 4, *range(8, 256, 8), *range(256, cap + 1, 16)] if s <= cap]
-    return sizes or [1]
 
 
 def role_points(recipe: Recipe, role: str) -> list[Point]:

@@ -108,7 +108,7 @@ class Recipe(Strict):
             recipe = cls.model_validate(data)
         except ValidationError as e:
             raise RecipeError.from_validation(e, model=cls) from None
-        recipe._origins = origins
+        recipe._origins = origins  # noqa: SLF001 (a Recipe setting its own private state)
         return recipe
 
     @classmethod
@@ -126,7 +126,7 @@ class Recipe(Strict):
             raise RecipeError("recipe", str(path), f"is not valid YAML: {e}") from None
         settings = site if isinstance(site, SiteSettings) else load_site(site)
         recipe = cls.from_dict(data, source=str(path), site=settings)
-        recipe._source = str(p.resolve())
+        recipe._source = str(p.resolve())  # noqa: SLF001 (a Recipe setting its own private state)
         return recipe
 
     @property
@@ -157,7 +157,7 @@ class Recipe(Strict):
         for dotted, value in sets.items():
             set_dotted(data, dotted, value)
         out = Recipe.from_dict(data)
-        out._source = self._source
-        out._origins = {**self._origins, **{k: "override" for k in sets if k in self._origins}}
+        out._source = self._source  # noqa: SLF001 (a Recipe setting its own private state)
+        out._origins = {**self._origins, **{k: "override" for k in sets if k in self._origins}}  # noqa: SLF001 (a Recipe setting its own private state)
         return out
 

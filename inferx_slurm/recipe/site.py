@@ -134,7 +134,7 @@ def read_site(path: str | Path) -> SiteSettings:
         site = SiteSettings.model_validate(expand_vars(data, "site"))
     except ValidationError as e:
         raise RecipeError.from_validation(e, prefix=f"site({p})", model=SiteSettings) from None
-    site._source = f"site {p}"
+    site._source = f"site {p}"  # noqa: SLF001 (set where SiteSettings is defined)
     return site
 
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Optional
 
+from inferx_slurm import engines
 from inferx_slurm.runtime.readiness import http_get
 
 # Counters that only grow while requests make progress: the Dynamo frontend's, or those of the
 # engine's own server (vLLM, SGLang) when it answers the clients itself.
-PROGRESS_METRICS = ("dynamo_frontend_output_tokens_total", "dynamo_frontend_requests_total",
-                    "vllm:generation_tokens_total", "vllm:request_success_total", "sglang:generation_tokens_total")
+PROGRESS_METRICS = ("dynamo_frontend_output_tokens_total", "dynamo_frontend_requests_total", *engines.PROGRESS_METRICS)
 # Requests accepted (or prompts processed): tells a client still starting up from a stuck engine.
-STARTED_METRICS = ("dynamo_frontend_requests_started_total", "vllm:prompt_tokens_total", "sglang:prompt_tokens_total")
+STARTED_METRICS = ("dynamo_frontend_requests_started_total", *engines.STARTED_METRICS)
 # Requests answered in full.
-DONE_METRICS = ("dynamo_frontend_requests_total", "vllm:request_success_total")
-# vLLM's speculative-decoding counters: mean acceptance length = 1 + accepted / drafts.
-SPEC_ACCEPTED = ("vllm:spec_decode_num_accepted_tokens_total",)
-SPEC_DRAFTS = ("vllm:spec_decode_num_drafts_total",)
+DONE_METRICS = ("dynamo_frontend_requests_total", *engines.DONE_METRICS)
+# The engines' speculative-decoding counters: mean acceptance length = 1 + accepted / drafts.
+SPEC_ACCEPTED = engines.SPEC_ACCEPTED
+SPEC_DRAFTS = engines.SPEC_DRAFTS
 
 
 def has_metric(text: str, names: tuple[str, ...]) -> bool:

@@ -161,7 +161,7 @@ def _submit_pack(recipe: Recipe, p: Pack, root: Path, env: dict[str, str]) -> li
         rd = Path(ent["dir"])
         atomic_write_json(rd / "job.json", {"job_id": job.job_id, "submitted": time.time(), "argv": sys.argv,
                                             "submitit_folder": str(folder), "pack": str(manifest), "start": f"{manifest.stem}/{ent['start']}"})
-        handles.append(JobHandle(job.job_id, rd, env=env, job=job, shared=True))
+        handles.append(JobHandle(job.job_id, rd, env=env, shared=True))
     return handles
 
 
