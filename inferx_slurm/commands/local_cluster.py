@@ -44,11 +44,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def ensure_tiny_model(state_dir: Path) -> Path:
-    """The mock engines and the benchmark client share one offline HF cache."""
+    """The engines and the benchmark client share one offline HF cache: the weightless model
+    for the mock engine, the tiny Llama with weights for the real one."""
+    from inferx_slurm.localdev.tiny_llama import make_tiny_llama
     from inferx_slurm.localdev.tiny_model import make_tiny_model
 
     cache = state_dir / "hf-cache"
     make_tiny_model(state_dir / "models" / "tiny-moe", hf_cache=cache)
+    make_tiny_llama(state_dir / "models" / "tiny-llama", hf_cache=cache)
     return cache
 
 
