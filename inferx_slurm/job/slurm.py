@@ -180,9 +180,9 @@ class SlurmWatcher:
 
     def _poll(self) -> None:
         ids = [j for j in self._ids if j not in self._final]
-        self._polled_at = time.monotonic()
         self._covered = set(ids)
         if not ids:
+            self._polled_at = time.monotonic()
             return
         seen: dict[str, SlurmState] = {}
         q = self._run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i %T"], self.env)
@@ -202,6 +202,9 @@ class SlurmWatcher:
                     seen[j] = SlurmState.UNKNOWN
         # A queue that did not answer (controller busy) leaves the last state known.
         self._states.update(seen)
+        # Aged from the answer, not the question: on a loaded machine the two clients can take
+        # longer than max_age_s, and every handle of the loop must still share this answer.
+        self._polled_at = time.monotonic()
         for j, s in seen.items():
             if s in FINAL_STATES:
                 self._final[j] = s
