@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from inferx_slurm.errors import RecipeError
 from inferx_slurm.planning.placement import Plan, WorkerPlacement
+from inferx_slurm.planning.ports import PortVar, port_or_ref
 from inferx_slurm.recipe.sections import ArgValue, Backend
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.topology import ParallelKind, Parallelism
@@ -114,6 +115,17 @@ LEADER_ADDR = "${LEADER_ADDR}"
 INFRA_ADDR = "${INFRA_ADDR}"
 
 
+def worker_port(w: WorkerPlacement, var: PortVar) -> int | str:
+    """A port of the worker's block: the plan's (placement.port_base), or the variable its
+    node's port line sets at start (auto)."""
+    return port_or_ref(getattr(w.ports, var.name) if w.ports is not None else None, var)
+
+
+def http_port(recipe: Recipe) -> int | str:
+    """frontend.http_port, or the variable holding the one chosen at start."""
+    return port_or_ref(recipe.frontend.http_port, PortVar.http)
+
+
 def _vllm(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[str, ArgValue]:
     par = Parallelism.parse(w.parallel)
     scen_len = max(max_model_len(s.isl, s.osl, block_size(recipe)) for s in recipe.benchmark.scenarios)
@@ -121,7 +133,7 @@ def _vllm(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[str
     d: dict[str, ArgValue] = {} if own_server(recipe) else {"model": recipe.model.path}
     d["served-model-name"] = recipe.model.name
     if own_server(recipe):
-        d.update({"host": "0.0.0.0", "port": recipe.frontend.http_port})
+        d.update({"host": "0.0.0.0", "port": http_port(recipe)})
     elif w.role != "agg":
         d["disaggregation-mode"] = w.role
     d["tensor-parallel-size"] = par.tp
@@ -138,7 +150,7 @@ def _vllm(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[str
             d.update(
                 {
                     "data-parallel-address": LEADER_ADDR,
-                    "data-parallel-rpc-port": w.ports.rendezvous,
+                    "data-parallel-rpc-port": worker_port(w, PortVar.rendezvous),
                     "data-parallel-start-rank": w.slices[rank].dp_ranks[0],
                 }
             )
@@ -152,7 +164,7 @@ def _vllm(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[str
                     "nnodes": len(w.nodes),
                     "node-rank": rank,
                     "master-addr": LEADER_ADDR,
-                    "master-port": w.ports.rendezvous,
+                    "master-port": worker_port(w, PortVar.rendezvous),
                 }
             )
     if rank > 0:
@@ -198,7 +210,7 @@ def _sglang(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[s
     # SGLang shards attention DP inside one TP group: DEPn = tp n, dp n, dp-attention.
     d: dict[str, ArgValue] = {"model-path": recipe.model.path, "served-model-name": recipe.model.name}
     if own_server(recipe):
-        d.update({"host": "0.0.0.0", "port": recipe.frontend.http_port})
+        d.update({"host": "0.0.0.0", "port": http_port(recipe)})
     if w.role != "agg":
         d.update({"disaggregation-mode": w.role, "disaggregation-transfer-backend": "nixl"})
     d["tp-size"] = par.size
@@ -207,7 +219,7 @@ def _sglang(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[s
     if par.kind is ParallelKind.DEP:
         d.update({"dp-size": par.dp, "enable-dp-attention": True})
     if w.multi_node:
-        d.update({"nnodes": len(w.nodes), "node-rank": rank, "dist-init-addr": f"{LEADER_ADDR}:{w.ports.rendezvous}"})
+        d.update({"nnodes": len(w.nodes), "node-rank": rank, "dist-init-addr": f"{LEADER_ADDR}:{worker_port(w, PortVar.rendezvous)}"})
     d.update({"page-size": block_size(recipe), "context-length": scen_len})
     spec = recipe.speculative
     if spec:
@@ -278,8 +290,8 @@ def node_commands(recipe: Recipe, plan: Plan, w: WorkerPlacement) -> list[NodeCo
             argv = [recipe.engine.python, *entry_point(recipe), *flag_argv(args)]
         env = {
             **gpu_pinning(recipe, w.slices[rank].gpus),
-            "DYN_SYSTEM_PORT": str(w.ports.system),
-            "VLLM_NIXL_SIDE_CHANNEL_PORT": str(w.ports.kv_side_channel),
+            "DYN_SYSTEM_PORT": str(worker_port(w, PortVar.system)),
+            "VLLM_NIXL_SIDE_CHANNEL_PORT": str(worker_port(w, PortVar.kv_side_channel)),
         }
         cmds.append(NodeCommand(worker=w.name, node=node, node_rank=rank, leader=rank == 0, argv=argv, args=args, env=env))
     return cmds

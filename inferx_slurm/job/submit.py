@@ -27,7 +27,8 @@ from inferx_slurm.job.interpreter import node_python
 from inferx_slurm.planning.placement import Plan, format_plan, plan_recipe
 from inferx_slurm.recipe.sections import ContainerRuntime
 from inferx_slurm.recipe.schema import Recipe
-from inferx_slurm.job.render import IDENTITY_PROBE, RenderedJob, render, shell_join, srun_argv
+from inferx_slurm.engines.common import http_port
+from inferx_slurm.job.render import COPIED_AS_IS, RenderedJob, render, shell_join, srun_argv
 from inferx_slurm.recipe.site import settings_lines
 
 
@@ -98,14 +99,14 @@ def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = N
         out.append(shell_join(srun_argv(recipe, st, f"<node{st.node}>", job_dir, image, job_id="<jobid>")))
     out += ["", "# ---- benchmark client, once the deployment is ready ----"]
     node = plan.workers[0].leader if recipe.frontend.server == "engine" else plan.frontend_node
-    url = f"http://<node{node}>:{recipe.frontend.http_port}"
+    url = f"http://<node{node}>:{http_port(recipe)}"
     tok = recipe.benchmark.tokenizer or recipe.model.path
     for scen in recipe.benchmark.scenarios:
         for conc in recipe.benchmark.concurrency:
             out.append(shell_join(aiperf_argv(recipe, scen, conc, url=url, artifact_dir=f"{job_dir}/{point_dir(scen, conc)}", tokenizer=tok)))
     for rel, text in job.files.items():
-        if rel == IDENTITY_PROBE:
-            out += ["", f"# ---- {job_dir}/{rel}: inferx_slurm/runtime/identity_probe.py, copied as is ----"]
+        if rel in COPIED_AS_IS:
+            out += ["", f"# ---- {job_dir}/{rel}: {COPIED_AS_IS[rel]}, copied as is ----"]
             continue
         out += ["", f"# ---- {job_dir}/{rel} ----", text.rstrip()]
     return "\n".join(out) + "\n"

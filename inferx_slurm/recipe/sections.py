@@ -155,10 +155,25 @@ class SlurmSpec(Strict):
         return (int(days) if days else 0) * 1440 + mins
 
 
+def _auto_port(v: Any) -> Any:
+    # `auto` is what leaving a port out means: the step takes a free one on its node at start.
+    if isinstance(v, str) and not v.strip().isdigit():
+        if v.strip().lower() == "auto":
+            return None
+        raise ValueError("expected a port number, or auto (a free port chosen on the node when the job starts)")
+    return v
+
+
 class PlacementSpec(Strict):
     share_nodes: bool = Field(False, description="let prefill and decode workers share a node")
     frontend_node: int = Field(0, ge=0, description="node index of the frontend and discovery infra")
-    port_base: int = Field(20000, ge=1024, le=60000, description="first port of the per-worker port blocks")
+    port_base: int | None = Field(
+        None, ge=1024, le=60000,
+        description="first port of the per-worker port blocks (10 ports a worker), checked free on each node at start; "
+        "auto (the default): every worker takes a free block on each of its nodes when it starts",
+    )
+
+    _auto = field_validator("port_base", mode="before")(lambda v: _auto_port(v))
 
 
 class Backend(str, Enum):
@@ -292,10 +307,18 @@ class FrontendSpec(Strict):
     )
     router_mode: Literal["round-robin", "random", "kv"] = "round-robin"
     discovery: Discovery = Discovery.etcd_nats
-    http_port: int = Field(8000, ge=1, le=65535)
-    etcd_port: int = Field(2379, ge=1, le=65535)
-    nats_port: int = Field(4222, ge=1, le=65535)
+    http_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="the OpenAI HTTP port clients use, checked free on its node at start; auto (the default): a free "
+        "one chosen there",
+    )
+    etcd_port: int | None = Field(
+        None, ge=1, le=65534, description="etcd's client port (and the next one, its peer port); auto (the default): free ones chosen at start"
+    )
+    nats_port: int | None = Field(None, ge=1, le=65535, description="NATS's port; auto (the default): a free one chosen at start")
     args: dict[str, ArgValue] = Field(default_factory=dict, description="extra dynamo.frontend flags")
+
+    _auto = field_validator("http_port", "etcd_port", "nats_port", mode="before")(lambda v: _auto_port(v))
 
 
 class Scenario(Strict):
