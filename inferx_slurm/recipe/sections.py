@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import re
 from enum import Enum
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_serializer,
@@ -156,7 +157,6 @@ class SlurmSpec(Strict):
 
 
 def _auto_port(v: Any) -> Any:
-    # `auto` is what leaving a port out means: the step takes a free one on its node at start.
     if isinstance(v, str) and not v.strip().isdigit():
         if v.strip().lower() == "auto":
             return None
@@ -164,16 +164,16 @@ def _auto_port(v: Any) -> Any:
     return v
 
 
+# A port field: a number, checked free on its node when the step starts, or auto (None, the
+# default): the step takes a free one there (planning/ports.py).
+Port = Annotated[Optional[int], BeforeValidator(_auto_port)]
+
+
 class PlacementSpec(Strict):
     share_nodes: bool = Field(False, description="let prefill and decode workers share a node")
     frontend_node: int = Field(0, ge=0, description="node index of the frontend and discovery infra")
-    port_base: int | None = Field(
-        None, ge=1024, le=60000,
-        description="first port of the per-worker port blocks (10 ports a worker), checked free on each node at start; "
-        "auto (the default): every worker takes a free block on each of its nodes when it starts",
-    )
-
-    _auto = field_validator("port_base", mode="before")(lambda v: _auto_port(v))
+    port_base: Port = Field(None, ge=1024, le=60000, description="first port of the per-worker blocks of 10; auto (the "
+                            "default): each worker takes a free block on each of its nodes when it starts")
 
 
 class Backend(str, Enum):
@@ -307,18 +307,10 @@ class FrontendSpec(Strict):
     )
     router_mode: Literal["round-robin", "random", "kv"] = "round-robin"
     discovery: Discovery = Discovery.etcd_nats
-    http_port: int | None = Field(
-        None, ge=1, le=65535,
-        description="the OpenAI HTTP port clients use, checked free on its node at start; auto (the default): a free "
-        "one chosen there",
-    )
-    etcd_port: int | None = Field(
-        None, ge=1, le=65534, description="etcd's client port (and the next one, its peer port); auto (the default): free ones chosen at start"
-    )
-    nats_port: int | None = Field(None, ge=1, le=65535, description="NATS's port; auto (the default): a free one chosen at start")
+    http_port: Port = Field(None, ge=1, le=65535, description="the OpenAI HTTP port the clients use; auto: one chosen at start")
+    etcd_port: Port = Field(None, ge=1, le=65534, description="etcd's client port (the next one is its peer port); auto: chosen at start")
+    nats_port: Port = Field(None, ge=1, le=65535, description="NATS's port; auto: chosen at start")
     args: dict[str, ArgValue] = Field(default_factory=dict, description="extra dynamo.frontend flags")
-
-    _auto = field_validator("http_port", "etcd_port", "nats_port", mode="before")(lambda v: _auto_port(v))
 
 
 class Scenario(Strict):
