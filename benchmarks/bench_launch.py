@@ -23,6 +23,7 @@ from pathlib import Path
 from inferx_slurm import submit
 from inferx_slurm.benchmark.aiperf import aiperf_argv
 from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.runtime.ports import choose
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -82,7 +83,7 @@ def run_hand(r: Recipe, root: Path) -> tuple[float, float]:
     out = root / f"hand-{time.time_ns()}"
     out.mkdir(parents=True)
     scen = r.benchmark.scenarios[0]
-    port = r.frontend.http_port + 50
+    port = choose(span=3)  # a free block on this machine, which is every node of the local cluster
     margs = " ".join(f"--{k} {v}" for k, v in r.engine.args.items())
     client = shlex.join(aiperf_argv(r, scen, 4, url=f"http://127.0.0.1:{port}", artifact_dir=str(out / "bench"),
                                     tokenizer=r.benchmark.tokenizer or r.model.path))

@@ -6,4 +6,6 @@ INFRA_ADDR="${INFERX_ADDR_{{ frontend_node }}}"
 state={{ state_dir }}
 mkdir -p "$state"
 echo "[inferx] infra host=$(hostname) start=$(date +%s.%N)"
+# This step's ports, taken on this node (the recipe's, checked free, or free ones for auto).
+{{ ports }}
 {{ body }}

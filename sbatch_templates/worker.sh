@@ -7,6 +7,8 @@ source {{ nodes_env }}
 LEADER_ADDR="${INFERX_ADDR_{{ leader_node }}}"
 INFRA_ADDR="${INFERX_ADDR_{{ frontend_node }}}"
 export LEADER_ADDR INFRA_ADDR
+# This node's ports, taken here (the recipe's, checked free, or free ones for auto).
+{{ ports }}
 {{ env_exports }}
 # Every node gets its own compile caches: concurrent builds into one shared cache dir deadlock.
 {{ cache_exports }}

@@ -31,7 +31,7 @@ def test_status_logs_cancel(cluster, tmp_path):
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.split("job ")[1].split(",")[0]
     run = tmp_path / "results" / "run"
-    end = time.time() + 60
+    end = time.time() + 240
     while time.time() < end:
         st = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
         if st.get("phase") == "benchmarking":
@@ -51,14 +51,18 @@ def test_status_logs_cancel(cluster, tmp_path):
     t = time.time()
     cancel = cli("cancel", job_id, cwd=tmp_path, env=env)
     assert cancel.returncode == 0 and f"cancel requested for job {job_id}" in cancel.stdout
-    while time.time() - t < 20:
+    while time.time() - t < 90:
         st = json.loads((run / "status.json").read_text())
         q = subprocess.run(["squeue", "-h"], capture_output=True, text=True, env=env).stdout.strip()
         if st["phase"] == "failed" and not q:
             break
         time.sleep(0.2)
     assert st["phase"] == "failed" and st["fault"] == "cancelled" and not q
-    assert time.time() - t < 10
+    # A cancel that did not reach the driver would leave the job running the rest of its
+    # benchmark (400 requests of 512 tokens) or to its time limit. 45 s holds a busy machine's
+    # teardown.
+    assert time.time() - t < 45
+    assert st["fault_at"] - t < 20  # the driver stopped on the cancel, not on a later fault
 
     follow = cli("logs", job_id, "--role", "decode", "-f", cwd=tmp_path, env=env)
     assert follow.returncode == 0 and "decode-0.n0:" in follow.stdout

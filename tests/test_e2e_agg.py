@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from inferx_slurm.runtime.ports import read_ports
+
 from conftest import REPO
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
@@ -140,10 +142,12 @@ def test_engine_own_server_end_to_end(cluster, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     d = tmp_path / "run"
     script = (d / "scripts" / "agg-0.sh").read_text()
-    assert "-m vllm.entrypoints.cli.main serve" in script and "--port 18084" in script
+    # the engine's own server listens on the port its node took at start (frontend.http_port auto)
+    assert "-m vllm.entrypoints.cli.main serve" in script and '--port "${INFERX_HTTP_PORT}"' in script
     assert not (d / "scripts" / "frontend.sh").exists() and not (d / "logs" / "frontend.log").exists()
+    port = read_ports(d / "ports" / "agg-0.n0.env")["INFERX_HTTP_PORT"]
     log = (d / "logs" / "agg-0.n0.log").read_text()
-    assert "vllm stand-in: serving inferx/tiny-moe on :18084" in log
+    assert f"vllm stand-in: serving inferx/tiny-moe on :{port}" in log
     status = json.loads((d / "status.json").read_text())
     ready = next(ev for ev in status["events"] if ev["event"] == "ready")
     assert ready["registered"] == {}  # the engine's server lists the model: no Dynamo registry to count

@@ -85,7 +85,11 @@ def test_sglang_and_mocker_and_trtllm():
     plan = plan_recipe(r)
     p = argmap(node_commands(r, plan, plan.workers[0])[1].argv)
     assert p["dp-size"] == "8" and p["enable-dp-attention"] is True and p["node-rank"] == "1"
-    assert p["dist-init-addr"].endswith(f":{plan.workers[0].ports.rendezvous}")
+    # the rendezvous port the leader took at start (placement.port_base auto), or the plan's
+    assert p["dist-init-addr"] == '${LEADER_ADDR}:${INFERX_RENDEZVOUS_PORT}'
+    fixed = r.with_overrides({"placement.port_base": 20000})
+    fp = plan_recipe(fixed)
+    assert argmap(node_commands(fixed, fp, fp.workers[0])[1].argv)["dist-init-addr"].endswith(f":{fp.workers[0].ports.rendezvous}")
     m = recipe("1P1D TP4->DEP8", backend="mocker")
     mp = plan_recipe(m)
     cmds = node_commands(m, mp, mp.workers[1])

@@ -6,20 +6,33 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 
 from inferx_slurm import RunError, submit
 from inferx_slurm import localdev as lc
+from inferx_slurm.runtime import metrics
+from inferx_slurm.runtime.ports import read_ports
 
 from conftest import REPO, local_recipe
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
-BOUND_S = 10.0
+# From the fault to the job's end, teardown and Slurm's cleanup included. A fault that went
+# unnoticed would end the run only by a slow path: a start-up timeout (60 s), the client's
+# (300 s), Slurm marking a node down or the time limit (minutes); LONG's 5 s stall bound is the
+# one fast path, and each test names the fault kind it expects, so that path cannot pass for
+# another. 30 s stays clear of every slow path while a busy 2-core machine, where teardown alone
+# has taken 15 s, still fits.
+BOUND_S = 30.0
+# From the fault to the driver recording it: a few of its 0.5 s polls and 1 s node checks,
+# with room for a starved process.
+DETECT_S = 10.0
 # A benchmark long enough that faults land while it runs.
 # Real-time mock engines (speedup 1): 400 requests of 512 tokens at concurrency 4 run for
 # minutes, so every fault lands mid-benchmark however fast the machine is.
@@ -32,7 +45,7 @@ def slow(role: str, seconds: int) -> dict:
     return {"setup_scripts": [SLOW], f"engine.{role}.env": {"INFERX_TEST_START_DELAY": str(seconds)}}
 
 
-def wait_phase(results_dir, phases, timeout=90):
+def wait_phase(results_dir, phases, timeout=240):
     end = time.time() + timeout
     while time.time() < end:
         p = results_dir / "status.json"
@@ -43,6 +56,20 @@ def wait_phase(results_dir, phases, timeout=90):
             assert st["phase"] != "failed", st.get("diagnosis")
         time.sleep(0.1)
     raise AssertionError(f"never reached {phases}")
+
+
+def wait_tokens(run, timeout=240):
+    """Until the frontend has streamed output tokens: the client is past its start-up (tens of
+    seconds on a busy machine) and the engines are generating."""
+    end = time.time() + timeout
+    while time.time() < end:
+        port = read_ports(run / "ports" / "frontend.env").get("INFERX_HTTP_PORT")
+        nodes = dict(line.split("=", 1) for line in (run / "nodes.env").read_text().splitlines() if "=" in line)
+        text = metrics.scrape(f"http://{nodes['INFERX_ADDR_0']}:{port}/metrics") if port else None
+        if text and metrics.counter_total(text, ("dynamo_frontend_output_tokens_total",)) > 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the frontend streamed no tokens")
 
 
 def wait_file(path, timeout=60):
@@ -65,6 +92,7 @@ def finish(handle, t_fault, env):
     assert str(e.value) == st["diagnosis"]
     elapsed = t_end - t_fault
     record(handle, st, elapsed)
+    assert st["fault_at"] - t_fault < DETECT_S, st["fault_at"] - t_fault
     if st.get("fault") != "node_down":  # a dead node's job completes once the node is back
         assert squeue_empty(env)
     return elapsed, st
@@ -92,6 +120,26 @@ def pid_alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def test_a_taken_recipe_port_is_refused_naming_its_holder(cluster, tmp_path):
+    # This test process holds the port the recipe names: the frontend's port line refuses it on
+    # the node, before the frontend starts, naming the holder.
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        h = submit(local_recipe("mocker-1p1d.yaml", **{"frontend.http_port": port}), tmp_path / "run")
+        with pytest.raises(RunError) as e:
+            h.wait(timeout=120, poll_s=0.2)
+    st = json.loads((h.results_dir / "status.json").read_text())
+    me = open("/proc/self/comm").read().strip()
+    assert st["fault"] == "exited" and str(e.value) == st["diagnosis"]
+    d = st["diagnosis"]
+    assert "frontend exited (exit code 3)" in d
+    assert f"port {port} (frontend.http_port) is taken on node1 by pid {os.getpid()} ({me})" in d, d
+    assert "leave that port field out (auto)" in d  # the hint
+    assert not (h.results_dir / "ports" / "frontend.env").exists()
 
 
 def test_kill_decode_worker_after_ready(cluster, tmp_path):
@@ -142,7 +190,7 @@ def test_worker_that_never_becomes_ready(cluster, tmp_path):
 def test_benchmark_stall(cluster, tmp_path):
     h = submit(local_recipe("mocker-1p1d.yaml", **LONG), tmp_path / "run")
     wait_phase(h.results_dir, {"benchmarking"})
-    time.sleep(1)
+    wait_tokens(h.results_dir)  # a hang before the first request is the client's start-up, not a stall
     pid = int(wait_file(h.results_dir / "logs" / "decode-0.n0.pid"))
     t = time.time()
     os.kill(pid, signal.SIGSTOP)  # the engine hangs: requests stop completing
@@ -195,15 +243,21 @@ def test_sigint_on_launch_cancels_cleanly(cluster, tmp_path):
 
 
 def test_time_limit_ends_the_run_cleanly(cluster, tmp_path):
-    # One minute of walltime, stop 45 s before it: the driver ends the run on its own clock,
-    # before Slurm's kill, keeping logs and partial results.
-    r = local_recipe("mocker-1p1d.yaml", **{**LONG, "slurm.time": "1", "slurm.stop_before_limit_s": 45})
+    # Two minutes of walltime, stop 90 s before it: the driver ends the run on its own clock,
+    # before Slurm's kill, keeping logs and partial results. 30 s into the job leaves a busy
+    # machine time to bring the deployment up first.
+    r = local_recipe("mocker-1p1d.yaml", **{**LONG, "slurm.time": "2", "slurm.stop_before_limit_s": 90})
     h = submit(r, tmp_path / "run")
     wait_phase(h.results_dir, {"benchmarking"})
     with pytest.raises(RunError):
-        h.wait(timeout=60, poll_s=0.2)
+        h.wait(timeout=120, poll_s=0.2)
     st = json.loads((h.results_dir / "status.json").read_text())
     assert st["fault"] == "time_limit" and "raise slurm.time" in st["diagnosis"]
-    # it stopped about 15 s into the job, not at Slurm's kill 60 s in
-    assert 10 <= st["fault_at"] - st["started"] <= 25
+    # It stopped on its own clock, 30 s into the job (120 s limit, 90 s before it), not at
+    # Slurm's kill: measured from the job's start as Slurm records it, since the driver itself
+    # starts seconds later on a busy machine.
+    start = subprocess.run(["sacct", "-X", "-n", "-P", "-j", h.job_id, "-o", "Start"], capture_output=True, text=True,
+                           env={**os.environ, **cluster.env}).stdout.split()[0]
+    into_job = st["fault_at"] - datetime.fromisoformat(start).timestamp()
+    assert 30 <= into_job < 90, into_job
     assert h.results()["partial"] is True and squeue_empty(cluster.env)

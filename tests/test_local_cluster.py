@@ -104,8 +104,8 @@ def test_two_node_job_step_spans_both_nodes(cluster, tmp_path):
     steps = sorted(line.split()[1:] for line in lines if line.startswith("step "))
     assert steps == [["node1", "0", "0,1"], ["node2", "1", "0,1"]], out
 
-    # slurmdbd records the end asynchronously; give it a moment.
-    deadline = time.monotonic() + 15
+    # slurmdbd records the end asynchronously; give it a moment (more on a busy machine).
+    deadline = time.monotonic() + 60
     while True:
         rows = slurm(
             cluster, "sacct", "-j", job_id, "-X", "-n", "-P", "--format=JobID,State,ExitCode,NodeList"
@@ -117,13 +117,14 @@ def test_two_node_job_step_spans_both_nodes(cluster, tmp_path):
 
 
 def test_concurrent_gpu_steps_get_distinct_gpus(cluster, tmp_path):
-    # Two 2-GPU steps on the first node must run at the same time: each waits
-    # for the other's marker file, so serialised steps time out and fail.
+    # Two 2-GPU steps on the first node must run at the same time: each waits (up to 60 s, the
+    # launch skew a busy machine can add) for the other's marker file, so serialised steps,
+    # where the second starts only once the first has given up, fail however long the wait.
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     step = (
         "srun --exact --mem=0 --gpus-per-node=2 --nodes=1 --ntasks=1 --nodelist=$first "
-        "bash -c 'touch {b}/$0; for i in $(seq 100); do [ -e {b}/$1 ] && break; sleep 0.1; done; "
+        "bash -c 'touch {b}/$0; for i in $(seq 600); do [ -e {b}/$1 ] && break; sleep 0.1; done; "
         "[ -e {b}/$1 ] && echo $0 $CUDA_VISIBLE_DEVICES' {me} {other} &\n"
     )
     script = (
@@ -151,12 +152,12 @@ def test_scancel_kills_step_processes(cluster, tmp_path):
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
         return sum(line.startswith(tag) for line in ps.splitlines())
 
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while tagged() < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert tagged() == 2, "the step's two tasks never started"
     slurm(cluster, "scancel", job_id)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while tagged() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert tagged() == 0
@@ -178,7 +179,9 @@ def test_up_is_idempotent_and_rejects_other_shape(cluster):
     before = load_state(cluster.state_dir).procs
     t0 = time.monotonic()
     again = lc.up(nodes=NODES, gpus_per_node=GPUS, cpus_per_node=CPUS, state_dir=cluster.state_dir)
-    assert time.monotonic() - t0 < 5
+    # Unchanged daemons (below) prove nothing restarted; this bounds the checks up() makes of
+    # a running cluster, with a busy machine's slack, well under a start's minute.
+    assert time.monotonic() - t0 < 20
     assert again.up and again.slurm_conf == cluster.slurm_conf
     assert load_state(cluster.state_dir).procs == before
     with pytest.raises(lc.ClusterError, match="down"):

@@ -45,6 +45,8 @@ def test_benchmark_only_differences_share_one_start_and_scenarios_only_when_opte
     base = Recipe.load(GB200).with_overrides({
         "sweep.topologies": ["1P1D TP4->TEP8"],
         "sweep.overrides": [{"match": {"concurrency": [256, 1024]}, "set": {"benchmark.requests_per_concurrency": 2}}],
+        # explicit ports, which a sweep spreads per point: a start's deployments take its owner's
+        "frontend.http_port": 8000, "placement.port_base": 20000,
     })
     deps = expand(base)
     assert len(deps) == 4  # 2 scenarios x (low, high concurrency)

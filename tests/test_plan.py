@@ -48,9 +48,15 @@ def test_frontend_node_must_exist():
 
 
 def test_ports_are_unique_per_worker():
-    plan = plan_topology(Topology.parse("4P2D DEP2->TP4"), 4)
+    plan = plan_topology(Topology.parse("4P2D DEP2->TP4"), 4, port_base=20000)
     ports = [p for w in plan.workers for p in w.ports.model_dump().values()]
     assert len(ports) == len(set(ports))
+
+
+def test_auto_ports_are_left_to_the_nodes():
+    # placement.port_base auto: what is free is known only on the node, when the worker starts
+    plan = plan_topology(Topology.parse("4P2D DEP2->TP4"), 4)
+    assert all(w.ports is None for w in plan.workers)
 
 
 def test_plan_is_deterministic():

@@ -44,7 +44,7 @@ AcceptEnv LANG
 """)
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation dir sshd insists on
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "sshd.log", "w"))
-    end = time.time() + 10
+    end = time.time() + 30
     while time.time() < end:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()

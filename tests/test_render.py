@@ -1,5 +1,6 @@
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,14 @@ def test_every_value_is_quoted_against_injection(tmp_path):
     (tmp_path / "logs").mkdir()
     (tmp_path / "nodes.env").write_text("INFERX_ADDR_0=127.0.0.1\nINFERX_HOST_0=h\nINFERX_ADDR_1=127.0.0.1\n")
     script = tmp_path / "w.sh"
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "ports.py").write_text(job.files["scripts/ports.py"])
+    (tmp_path / "ports").mkdir()  # what the infra step records before any worker starts
+    (tmp_path / "ports" / "infra.env").write_text("export INFERX_ETCD_PORT=2379\nexport INFERX_NATS_PORT=4222\n")
     # Run the real decode script with printf as the "interpreter": it prints the argv it got.
-    script.write_text(job.files["scripts/decode-0.sh"].replace("exec printf", "exec printf '%s\\n'"))
+    # Its port line needs a real Python to take the worker's ports.
+    text = job.files["scripts/decode-0.sh"].replace("exec printf", "exec printf '%s\\n'")
+    script.write_text(text.replace(f"printf {tmp_path}/scripts/ports.py", f"{sys.executable} {tmp_path}/scripts/ports.py"))
     out = subprocess.run(["bash", str(script), "0"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()

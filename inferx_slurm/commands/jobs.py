@@ -37,11 +37,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not refs:
         print("no jobs under ./results")
         return 0
+    # Every handle exists before the first asks Slurm, so one squeue answers for all of them.
+    handles = {ref: find_job(ref) for ref in refs if not (Path(ref) / MANIFEST).exists()}
     for ref in refs:
-        if (Path(ref) / MANIFEST).exists():
+        if ref not in handles:
             _sweep_status(Path(ref), args, detail=bool(args.ref))
             continue
-        h = find_job(ref)
+        h = handles[ref]
         st = h.status()
         if args.json:
             print(json.dumps({"job_id": h.job_id, "results_dir": str(h.results_dir), **st}))
@@ -62,10 +64,9 @@ def _sweep_status(root: Path, args: argparse.Namespace, detail: bool) -> None:
     print(f"sweep {root}: {format_progress(p)}")
     if not detail:
         return
-    for run in sorted(q.parent for q in root.glob("*/job.json")):
-        h = attach(run)
+    for h in [attach(run) for run in sorted(q.parent for q in root.glob("*/job.json"))]:
         st = h.status()
-        print(f"{h.job_id:>10}  {st['slurm_state']:<10} {st.get('phase', '-'):<12} {run.name}")
+        print(f"{h.job_id:>10}  {st['slurm_state']:<10} {st.get('phase', '-'):<12} {h.results_dir.name}")
     print(format_table(sweep_rows(root)))
 
 

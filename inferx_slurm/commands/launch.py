@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from inferx_slurm.job.submit import ENDED_STATES, RunError, default_results_dir, dry_run_text, submit_many
+from inferx_slurm.job.slurm import ENDED_STATES
+from inferx_slurm.job.submit import RunError, default_results_dir, dry_run_text, submit_many
 from inferx_slurm.sweeps.packing import hms, pack_seconds
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.results.table import format_table, served_line

@@ -21,9 +21,10 @@ from types import ModuleType
 from typing import Optional
 
 from inferx_slurm.engines import mocker, sglang, trtllm, vllm
-from inferx_slurm.engines.common import EngineArg, NodeCommand, flag_argv, gpu_pinning, merge_args, own_server
+from inferx_slurm.engines.common import EngineArg, NodeCommand, flag_argv, gpu_pinning, merge_args, own_server, worker_port
 from inferx_slurm.planning.memory import EngineMemory
 from inferx_slurm.planning.placement import Plan, WorkerPlacement
+from inferx_slurm.planning.ports import PortVar
 from inferx_slurm.recipe.sections import Backend
 from inferx_slurm.recipe.schema import Recipe
 
@@ -48,8 +49,8 @@ def node_commands(recipe: Recipe, plan: Plan, w: WorkerPlacement) -> list[NodeCo
             argv = [recipe.engine.python, *entry_point(recipe), *flag_argv(args)]
         env = {
             **gpu_pinning(recipe, w.slices[rank].gpus),
-            "DYN_SYSTEM_PORT": str(w.ports.system),
-            "VLLM_NIXL_SIDE_CHANNEL_PORT": str(w.ports.kv_side_channel),
+            "DYN_SYSTEM_PORT": str(worker_port(w, PortVar.system)),
+            "VLLM_NIXL_SIDE_CHANNEL_PORT": str(worker_port(w, PortVar.kv_side_channel)),
         }
         cmds.append(NodeCommand(worker=w.name, node=node, node_rank=rank, leader=rank == 0, argv=argv, args=args, env=env))
     return cmds

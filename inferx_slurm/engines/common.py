@@ -13,6 +13,8 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from inferx_slurm.planning.placement import WorkerPlacement
+from inferx_slurm.planning.ports import PortVar, port_or_ref
 from inferx_slurm.recipe.sections import ArgValue
 from inferx_slurm.recipe.schema import Recipe
 
@@ -136,3 +138,14 @@ def gpu_pinning(recipe: Recipe, gpus: list[int]) -> dict[str, str]:
     if PROFILES[recipe.profile].gpu_vendor == "amd":
         return {"HIP_VISIBLE_DEVICES": listed, "CUDA_VISIBLE_DEVICES": listed}
     return {"CUDA_VISIBLE_DEVICES": listed}
+
+
+def worker_port(w: WorkerPlacement, var: PortVar) -> int | str:
+    """A port of the worker's block: the plan's (placement.port_base), or the variable its
+    node's port line sets at start (auto)."""
+    return port_or_ref(getattr(w.ports, var.name) if w.ports is not None else None, var)
+
+
+def http_port(recipe: Recipe) -> int | str:
+    """frontend.http_port, or the variable holding the one chosen at start."""
+    return port_or_ref(recipe.frontend.http_port, PortVar.http)

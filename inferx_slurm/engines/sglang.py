@@ -9,13 +9,16 @@ from inferx_slurm.engines.common import (
     LEADER_ADDR,
     arg_number,
     block_size,
+    http_port,
     cuda_graph_sizes,
     kv_dtype_bytes,
     own_server,
     scenario_len,
+    worker_port,
 )
 from inferx_slurm.planning.memory import EngineMemory
 from inferx_slurm.planning.placement import Plan, WorkerPlacement
+from inferx_slurm.planning.ports import PortVar
 from inferx_slurm.recipe.sections import ArgValue
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.topology import ParallelKind, Parallelism
@@ -53,7 +56,7 @@ def derived_args(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> d
     # SGLang shards attention DP inside one TP group: DEPn = tp n, dp n, dp-attention.
     d: dict[str, ArgValue] = {"model-path": recipe.model.path, "served-model-name": recipe.model.name}
     if own_server(recipe):
-        d.update({"host": "0.0.0.0", "port": recipe.frontend.http_port})
+        d.update({"host": "0.0.0.0", "port": http_port(recipe)})
     if w.role != "agg":
         d.update({"disaggregation-mode": w.role, "disaggregation-transfer-backend": "nixl"})
     d["tp-size"] = par.size
@@ -62,7 +65,7 @@ def derived_args(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> d
     if par.kind is ParallelKind.DEP:
         d.update({"dp-size": par.dp, "enable-dp-attention": True})
     if w.multi_node:
-        d.update({"nnodes": len(w.nodes), "node-rank": rank, "dist-init-addr": f"{LEADER_ADDR}:{w.ports.rendezvous}"})
+        d.update({"nnodes": len(w.nodes), "node-rank": rank, "dist-init-addr": f"{LEADER_ADDR}:{worker_port(w, PortVar.rendezvous)}"})
     d.update({"page-size": block_size(recipe), "context-length": scenario_len(recipe)})
     spec = recipe.speculative
     if spec:

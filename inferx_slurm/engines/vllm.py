@@ -9,13 +9,16 @@ from inferx_slurm.engines.common import (
     LEADER_ADDR,
     arg_number,
     block_size,
+    http_port,
     cuda_graph_sizes,
     kv_dtype_bytes,
     own_server,
     scenario_len,
+    worker_port,
 )
 from inferx_slurm.planning.memory import EngineMemory
 from inferx_slurm.planning.placement import Plan, WorkerPlacement
+from inferx_slurm.planning.ports import PortVar
 from inferx_slurm.recipe.sections import ArgValue
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.topology import ParallelKind, Parallelism
@@ -58,7 +61,7 @@ def derived_args(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> d
     d: dict[str, ArgValue] = {} if own_server(recipe) else {"model": recipe.model.path}
     d["served-model-name"] = recipe.model.name
     if own_server(recipe):
-        d.update({"host": "0.0.0.0", "port": recipe.frontend.http_port})
+        d.update({"host": "0.0.0.0", "port": http_port(recipe)})
     elif w.role != "agg":
         d["disaggregation-mode"] = w.role
     d["tensor-parallel-size"] = par.tp
@@ -75,7 +78,7 @@ def derived_args(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> d
             d.update(
                 {
                     "data-parallel-address": LEADER_ADDR,
-                    "data-parallel-rpc-port": w.ports.rendezvous,
+                    "data-parallel-rpc-port": worker_port(w, PortVar.rendezvous),
                     "data-parallel-start-rank": w.slices[rank].dp_ranks[0],
                 }
             )
@@ -89,7 +92,7 @@ def derived_args(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> d
                     "nnodes": len(w.nodes),
                     "node-rank": rank,
                     "master-addr": LEADER_ADDR,
-                    "master-port": w.ports.rendezvous,
+                    "master-port": worker_port(w, PortVar.rendezvous),
                 }
             )
     if rank > 0:

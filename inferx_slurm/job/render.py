@@ -18,14 +18,15 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict
 
 from inferx_slurm.engines import node_commands, preflight_needs, startup_timeout
-from inferx_slurm.engines.common import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags
-from inferx_slurm.planning.placement import Plan, WorkerPlacement, plan_recipe
+from inferx_slurm.engines.common import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags, http_port
+from inferx_slurm.planning.placement import PORTS_PER_WORKER, Plan, WorkerPlacement, plan_recipe
+from inferx_slurm.planning.ports import PORTS_DIR, PORTS_SCRIPT, WORKER_BLOCK, PortVar, port_or_ref, ports_file, request
 from inferx_slurm.recipe.profiles import PROFILES
 from inferx_slurm.recipe.sections import ContainerRuntime, Discovery
 from inferx_slurm.recipe.schema import Recipe
 
 StepKind = Literal["infra", "install", "frontend", "worker", "monitor"]
-_PLACEHOLDERS = (LEADER_ADDR, INFRA_ADDR)
+_PLACEHOLDERS = (LEADER_ADDR, INFRA_ADDR, *(v.ref for v in PortVar))
 _PH_RE = re.compile("(" + "|".join(re.escape(p) for p in _PLACEHOLDERS) + ")")
 
 
@@ -99,9 +100,40 @@ def discovery_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
     if fe.discovery is Discovery.file:
         return {"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": f"{job_dir}/discovery"}
     return {
-        "ETCD_ENDPOINTS": f"http://{INFRA_ADDR}:{fe.etcd_port}",
-        "NATS_SERVER": f"nats://{INFRA_ADDR}:{fe.nats_port}",
+        "ETCD_ENDPOINTS": f"http://{INFRA_ADDR}:{port_or_ref(fe.etcd_port, PortVar.etcd)}",
+        "NATS_SERVER": f"nats://{INFRA_ADDR}:{port_or_ref(fe.nats_port, PortVar.nats)}",
     }
+
+
+def port_line(python: str, job_dir: str, name: str, requests: list[str], *, per_node: bool = False,
+              takes: tuple[str, ...] = (), leader: str | None = None) -> str:
+    """The lines that take a step's ports on its node (runtime/ports.py) and read them back. A
+    worker's nodes each record their own (NAME.nRANK); `leader` names what its other nodes
+    take from the leader's record."""
+    out = shell_word(f"{job_dir}/{PORTS_DIR}/{name}.n") + '"$node_rank".env' if per_node else shell_word(ports_file(job_dir, name))
+    line = f"{shell_join([python, f'{job_dir}/{PORTS_SCRIPT}'])} {out} {shell_join(requests)}"
+    line += "".join(f" --take {shell_word(t)}" for t in takes)
+    if leader:
+        line += f' --rank "$node_rank" --leader {shell_word(leader)}'
+    return f"{line}\nsource {out}"
+
+
+def infra_takes(recipe: Recipe, job_dir: str) -> tuple[str, ...]:
+    """The frontend and the workers read discovery's ports where the infra step chose them."""
+    fe = recipe.frontend
+    if fe.server == "dynamo" and fe.discovery is Discovery.etcd_nats and (fe.etcd_port is None or fe.nats_port is None):
+        return (ports_file(job_dir, "infra"),)
+    return ()
+
+
+def worker_ports(recipe: Recipe, w: WorkerPlacement, job_dir: str) -> str:
+    reqs = [request("placement.port_base", w.ports.system if w.ports else None, WORKER_BLOCK, PORTS_PER_WORKER)]
+    if recipe.frontend.server == "engine":
+        reqs.append(request("frontend.http_port", recipe.frontend.http_port, (PortVar.http,)))
+    # The rendezvous is the leader's listener: the worker's other nodes connect to the one it took.
+    leader = f"{ports_file(job_dir, f'{w.name}.n0')}:{PortVar.rendezvous.value}" if w.multi_node else None
+    return port_line(recipe.engine.python, job_dir, w.name, reqs, per_node=True, takes=infra_takes(recipe, job_dir),
+                     leader=leader)
 
 
 def base_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
@@ -149,6 +181,7 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
         cache_exports=cache,
         setup_sources=setup,
         worker=w.name,
+        ports=worker_ports(recipe, w, job_dir),
         identity_check=identity_check(recipe, w.name, job_dir, w.role),
         pid_dir=shell_word(f"{job_dir}/logs"),
         cases="\n".join(cases),
@@ -156,6 +189,8 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
 
 
 IDENTITY_PROBE = "scripts/identity_probe.py"
+# Modules the job dir carries a copy of, for the nodes to run: a dry run names them, not their text.
+COPIED_AS_IS = {IDENTITY_PROBE: "inferx_slurm/runtime/identity_probe.py", PORTS_SCRIPT: "inferx_slurm/runtime/ports.py"}
 # Standard library only (ctypes NVML), so any python3 on a compute node runs it.
 GPUMON_SCRIPT = "scripts/gpumon.py"
 
@@ -182,7 +217,7 @@ def identity_probe_source() -> str:
 
 def frontend_argv(recipe: Recipe) -> list[str]:
     fe = recipe.frontend
-    return [recipe.engine.python, "-m", "dynamo.frontend", "--http-port", str(fe.http_port), "--router-mode", fe.router_mode,
+    return [recipe.engine.python, "-m", "dynamo.frontend", "--http-port", str(http_port(recipe)), "--router-mode", fe.router_mode,
             *flags(fe.args)]
 
 
@@ -214,15 +249,17 @@ def infra_body(recipe: Recipe) -> str:
     check = (f'for b in {shlex.quote(etcd_bin)} {shlex.quote(nats_bin)}; do command -v "$b" >/dev/null || '
              f'{{ echo "[inferx] infra: $b not found {where}: run setup_scripts/provision_infra_bins.sh DIR on a node '
              f'of this architecture and set frontend.infra_bin_dir: DIR" >&2; exit 1; }}; done')
+    client = port_or_ref(fe.etcd_port, PortVar.etcd)
+    peer = port_or_ref(None if fe.etcd_port is None else fe.etcd_port + 1, PortVar.etcd_peer)
     etcd = [
         etcd_bin, "--name", "inferx", "--data-dir", "$state/etcd",
-        "--listen-client-urls", f"http://0.0.0.0:{fe.etcd_port}",
-        "--advertise-client-urls", f"http://$INFRA_ADDR:{fe.etcd_port}",
-        "--listen-peer-urls", f"http://127.0.0.1:{fe.etcd_port + 1}",
-        "--initial-advertise-peer-urls", f"http://127.0.0.1:{fe.etcd_port + 1}",
-        "--initial-cluster", f"inferx=http://127.0.0.1:{fe.etcd_port + 1}",
+        "--listen-client-urls", f"http://0.0.0.0:{client}",
+        "--advertise-client-urls", f"http://$INFRA_ADDR:{client}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"inferx=http://127.0.0.1:{peer}",
     ]
-    nats = [nats_bin, "-js", "-a", "0.0.0.0", "-p", str(fe.nats_port), "--store_dir", "$state/nats"]
+    nats = [nats_bin, "-js", "-a", "0.0.0.0", "-p", str(port_or_ref(fe.nats_port, PortVar.nats)), "--store_dir", "$state/nats"]
 
     def line(argv: list[str]) -> str:
         # $state and $INFRA_ADDR are the script's own variables; keep them expandable.
@@ -259,6 +296,10 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
             nodes_env=shell_word(f"{job_dir}/nodes.env"),
             frontend_node=str(fe_node),
             state_dir=shell_word(f"{job_dir}/infra"),
+            # The host's python3, like the infra servers themselves: this step runs outside the container.
+            ports=port_line("python3", job_dir, "infra", [
+                request("frontend.etcd_port", recipe.frontend.etcd_port, (PortVar.etcd, PortVar.etcd_peer)),
+                request("frontend.nats_port", recipe.frontend.nats_port, (PortVar.nats,))]),
             body=infra_body(recipe),
         )
         steps.append(Step(name="infra", kind="infra", node=fe_node, script="scripts/infra.sh", startup_timeout_s=60))
@@ -272,9 +313,12 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
     if dynamo_front:
         files["scripts/frontend.sh"] = fill(
             template("frontend.sh"),
-            http_port=str(recipe.frontend.http_port),
+            http_port=f"port {recipe.frontend.http_port}" if recipe.frontend.http_port else "a free port chosen at start",
             nodes_env=shell_word(f"{job_dir}/nodes.env"),
             frontend_node=str(fe_node),
+            ports=port_line(recipe.engine.python, job_dir, "frontend",
+                            [request("frontend.http_port", recipe.frontend.http_port, (PortVar.http,))],
+                            takes=infra_takes(recipe, job_dir)),
             env_exports=exports(base_env(recipe, job_dir)),
             pid_dir=shell_word(f"{job_dir}/logs"),
             command=shell_join(frontend_argv(recipe)),
@@ -282,6 +326,7 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
         steps.append(Step(name="frontend", kind="frontend", node=fe_node, script="scripts/frontend.sh", startup_timeout_s=120))
 
     files[IDENTITY_PROBE] = identity_probe_source()
+    files[PORTS_SCRIPT] = resources.files("inferx_slurm").joinpath("runtime", "ports.py").read_text()
     for w in plan.workers:
         cmds = node_commands(recipe, plan, w)
         files[f"scripts/{w.name}.sh"] = worker_script(recipe, plan, w, cmds, job_dir)

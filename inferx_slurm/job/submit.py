@@ -20,19 +20,17 @@ from inferx_slurm.results import provenance
 from inferx_slurm.benchmark.aiperf import aiperf_argv, point_dir
 from inferx_slurm.errors import InferxError, RecipeError, SubmitError
 from inferx_slurm.job.sbatch import executor_params, sbatch_script
+from inferx_slurm.job.slurm import ENDED_STATES, SlurmState, SlurmWatcher, default_watcher
 from inferx_slurm.fsutil import atomic_write, atomic_write_json, read_json
 from inferx_slurm.sharedfs.locks import say, wait_notice
 from inferx_slurm.job.interpreter import node_python
 from inferx_slurm.planning.placement import Plan, format_plan, plan_recipe
 from inferx_slurm.recipe.sections import ContainerRuntime
 from inferx_slurm.recipe.schema import Recipe
-from inferx_slurm.job.render import IDENTITY_PROBE, RenderedJob, render, shell_join, srun_argv
+from inferx_slurm.engines.common import http_port
+from inferx_slurm.job.render import COPIED_AS_IS, RenderedJob, render, shell_join, srun_argv
 from inferx_slurm.recipe.site import settings_lines
 
-TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
-# COMPLETING: the job's processes are gone and Slurm is cleaning up (for a dead node, until
-# it is marked down). The run is over.
-ENDED_STATES = TERMINAL_STATES | {"COMPLETING"}
 
 
 def default_results_dir(recipe: Recipe, root: str | Path = "results") -> Path:
@@ -101,14 +99,14 @@ def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = N
         out.append(shell_join(srun_argv(recipe, st, f"<node{st.node}>", job_dir, image, job_id="<jobid>")))
     out += ["", "# ---- benchmark client, once the deployment is ready ----"]
     node = plan.workers[0].leader if recipe.frontend.server == "engine" else plan.frontend_node
-    url = f"http://<node{node}>:{recipe.frontend.http_port}"
+    url = f"http://<node{node}>:{http_port(recipe)}"
     tok = recipe.benchmark.tokenizer or recipe.model.path
     for scen in recipe.benchmark.scenarios:
         for conc in recipe.benchmark.concurrency:
             out.append(shell_join(aiperf_argv(recipe, scen, conc, url=url, artifact_dir=f"{job_dir}/{point_dir(scen, conc)}", tokenizer=tok)))
     for rel, text in job.files.items():
-        if rel == IDENTITY_PROBE:
-            out += ["", f"# ---- {job_dir}/{rel}: inferx_slurm/runtime/identity_probe.py, copied as is ----"]
+        if rel in COPIED_AS_IS:
+            out += ["", f"# ---- {job_dir}/{rel}: {COPIED_AS_IS[rel]}, copied as is ----"]
             continue
         out += ["", f"# ---- {job_dir}/{rel} ----", text.rstrip()]
     return "\n".join(out) + "\n"
@@ -117,12 +115,16 @@ def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = N
 class JobHandle:
     """A submitted deployment. Wait for it, follow its logs, cancel it, read its results."""
 
-    def __init__(self, job_id: str, results_dir: Path, *, env: Optional[dict[str, str]] = None, shared: bool = False):
+    def __init__(self, job_id: str, results_dir: Path, *, env: Optional[dict[str, str]] = None, shared: bool = False,
+                 watcher: Optional[SlurmWatcher] = None):
         self.job_id = str(job_id)
         # A packed deployment shares its job with others: its end is its own status, not the job's.
         self.shared = shared
         self.results_dir = Path(results_dir)
         self.env = env
+        # Registered now, so the first handle to ask polls for every handle made before it.
+        self.watcher = watcher or default_watcher(env)
+        self.watcher.register(self.job_id)
 
     def __repr__(self) -> str:
         return f"JobHandle(job_id={self.job_id!r}, results_dir={str(self.results_dir)!r})"
@@ -130,17 +132,13 @@ class JobHandle:
     def _run(self, argv: list[str]) -> str:
         return subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(self.env or {})}, timeout=30).stdout
 
-    def slurm_state(self) -> str:
-        out = self._run(["squeue", "-h", "-j", self.job_id, "-o", "%T"]).strip()
-        if out:
-            return out.splitlines()[0]
-        out = self._run(["sacct", "-X", "-n", "-P", "-j", self.job_id, "-o", "State"]).strip()
-        return out.splitlines()[0].split()[0] if out else "UNKNOWN"
+    def slurm_state(self) -> SlurmState:
+        return self.watcher.state(self.job_id)
 
     def status(self) -> dict[str, Any]:
         path = self.results_dir / "status.json"
         doc = read_json(path) if path.exists() else {"phase": "pending"}
-        doc["slurm_state"] = self.slurm_state()
+        doc["slurm_state"] = self.slurm_state().value
         return doc
 
     def done(self) -> bool:

@@ -21,7 +21,8 @@ from inferx_slurm.recipe.topology import ParallelKind, Parallelism, Role, Topolo
 
 # One block of ports per worker. Each worker is a separate process group and on a
 # single-host test cluster every node shares one network namespace, so ports are unique per
-# deployment rather than per node.
+# deployment rather than per node. With placement.port_base auto (the default) the plan holds
+# none: each worker takes a free block on each of its nodes when it starts (planning/ports.py).
 PORTS_PER_WORKER = 10
 
 
@@ -57,7 +58,7 @@ class WorkerPlacement(BaseModel):
     gpus: int
     nodes: list[int]
     slices: list[NodeSlice]
-    ports: WorkerPorts
+    ports: WorkerPorts | None = Field(None, description="the worker's block from placement.port_base; none: chosen at start")
 
     @property
     def name(self) -> str:
@@ -107,7 +108,7 @@ def plan_topology(
     *,
     share_nodes: bool = False,
     frontend_node: int = 0,
-    port_base: int = 20000,
+    port_base: int | None = None,
 ) -> Plan:
     if gpus_per_node < 1:
         raise RecipeError("slurm.gpus_per_node", gpus_per_node, "expected a whole number >= 1")
@@ -128,7 +129,7 @@ def plan_topology(
         rt = topology.role(role)
         size = rt.parallel.size
         for index in range(rt.workers):
-            ports = WorkerPorts.block(port_base + PORTS_PER_WORKER * len(workers))
+            ports = None if port_base is None else WorkerPorts.block(port_base + PORTS_PER_WORKER * len(workers))
             if size > gpus_per_node:
                 nodes = new_nodes(size // gpus_per_node, role)
                 slices = []

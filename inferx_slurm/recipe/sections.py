@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import re
 from enum import Enum
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_serializer,
@@ -155,10 +156,24 @@ class SlurmSpec(Strict):
         return (int(days) if days else 0) * 1440 + mins
 
 
+def _auto_port(v: Any) -> Any:
+    if isinstance(v, str) and not v.strip().isdigit():
+        if v.strip().lower() == "auto":
+            return None
+        raise ValueError("expected a port number, or auto (a free port chosen on the node when the job starts)")
+    return v
+
+
+# A port field: a number, checked free on its node when the step starts, or auto (None, the
+# default): the step takes a free one there (planning/ports.py).
+Port = Annotated[Optional[int], BeforeValidator(_auto_port)]
+
+
 class PlacementSpec(Strict):
     share_nodes: bool = Field(False, description="let prefill and decode workers share a node")
     frontend_node: int = Field(0, ge=0, description="node index of the frontend and discovery infra")
-    port_base: int = Field(20000, ge=1024, le=60000, description="first port of the per-worker port blocks")
+    port_base: Port = Field(None, ge=1024, le=60000, description="first port of the per-worker blocks of 10; auto (the "
+                            "default): each worker takes a free block on each of its nodes when it starts")
 
 
 class Backend(str, Enum):
@@ -292,9 +307,9 @@ class FrontendSpec(Strict):
     )
     router_mode: Literal["round-robin", "random", "kv"] = "round-robin"
     discovery: Discovery = Discovery.etcd_nats
-    http_port: int = Field(8000, ge=1, le=65535)
-    etcd_port: int = Field(2379, ge=1, le=65535)
-    nats_port: int = Field(4222, ge=1, le=65535)
+    http_port: Port = Field(None, ge=1, le=65535, description="the OpenAI HTTP port the clients use; auto: one chosen at start")
+    etcd_port: Port = Field(None, ge=1, le=65534, description="etcd's client port (the next one is its peer port); auto: chosen at start")
+    nats_port: Port = Field(None, ge=1, le=65535, description="NATS's port; auto: chosen at start")
     args: dict[str, ArgValue] = Field(default_factory=dict, description="extra dynamo.frontend flags")
 
 

@@ -16,12 +16,14 @@ from inferx_slurm.benchmark.aiperf import AIPERF_EXPORT, aiperf_argv, point_dir,
 from inferx_slurm.results import provenance
 from inferx_slurm.fsutil import atomic_write, atomic_write_json, read_json
 from inferx_slurm.planning.placement import Plan
+from inferx_slurm.planning.ports import PortVar, ports_file
 from inferx_slurm.recipe.sections import Discovery
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.job.render import RenderedJob, srun_argv
 from inferx_slurm.runtime import metrics, nodes, readiness
 from inferx_slurm.runtime.accounting import served_requests
 from inferx_slurm.runtime.gpumon import gpu_metrics
+from inferx_slurm.runtime.ports import read_ports
 from inferx_slurm.runtime.steps import RunningStep, stop_all
 from inferx_slurm.runtime.watchdog import Fault, NodeWatch, check_exits
 
@@ -189,11 +191,18 @@ class Driver:
     def own_server(self) -> bool:
         return self.recipe.frontend.server == "engine"
 
+    def _port(self, step: str, var: PortVar) -> int | None:
+        """A port `step` took on its node when it started (JOB/ports/STEP.env); None until then."""
+        return read_ports(ports_file(str(self.engine_dir), step)).get(var.value)
+
     @property
-    def base_url(self) -> str:
-        # The Dynamo frontend's node, or the node of the one worker whose own server answers.
-        node = self.plan.workers[0].leader if self.own_server else self.plan.frontend_node
-        return f"http://{self.addrs[self.hosts[node]]}:{self.recipe.frontend.http_port}"
+    def base_url(self) -> str | None:
+        # The Dynamo frontend's node, or the node of the one worker whose own server answers;
+        # None until that step has taken its port.
+        lead = self.plan.workers[0]
+        node, step = (lead.leader, f"{lead.name}.n0") if self.own_server else (self.plan.frontend_node, "frontend")
+        port = self._port(step, PortVar.http)
+        return None if port is None else f"http://{self.addrs[self.hosts[node]]}:{port}"
 
     def _start_infra(self) -> None:
         fe = self.recipe.frontend
@@ -204,7 +213,8 @@ class Driver:
             return
         self._launch("infra")
         deadline = time.time() + 60
-        while not all(_port_open(self.infra_addr, p) for p in (fe.etcd_port, fe.nats_port)):
+        while not all(p is not None and _port_open(self.infra_addr, p)
+                      for p in (self._port("infra", PortVar.etcd), self._port("infra", PortVar.nats))):
             self._watch()
             if time.time() > deadline:
                 infra = next(s for s in self.steps if s.step.kind == "infra")
@@ -257,13 +267,16 @@ class Driver:
                     for r in self.recipe.topology.roles}
         while True:
             self._watch()
-            have = {} if self.own_server else readiness.accepted_workers(self.base_url, self.recipe.model.name)
-            if have is None:
-                have = readiness.registered_workers(self.base_url)
+            url = self.base_url
+            have = {} if self.own_server or url is None else readiness.accepted_workers(url, self.recipe.model.name)
+            if url is None:  # the server's step has not taken its port yet
+                have = {r: 0 for r in want}
+            elif have is None:
+                have = readiness.registered_workers(url)
                 if self.recipe.topology.aggregated:
                     # /health tells prefill from the rest only; the rest are aggregated here.
                     have["agg"] = have.pop("decode")
-            models = readiness.served_models(self.base_url)
+            models = readiness.served_models(url) if url else []
             if self.own_server and self.recipe.model.name not in models and time.time() - started > timeouts["agg"]:
                 raise _FaultRaised(Fault("not_ready", next((s for s in self.steps if s.step.kind == "worker"), None),
                                          f"the engine's server did not list {self.recipe.model.name} within {timeouts['agg']:.0f} s."))
@@ -324,8 +337,8 @@ class Driver:
         leader's system port under Dynamo."""
         if self.own_server:
             return [f"{self.base_url}/metrics"]
-        return [f"http://{self.addrs[self.hosts[w.leader]]}:{w.ports.system}/metrics" for w in self.plan.workers
-                if w.role != "prefill"]
+        return [f"http://{self.addrs[self.hosts[w.leader]]}:{self._port(f'{w.name}.n0', PortVar.system)}/metrics"
+                for w in self.plan.workers if w.role != "prefill"]
 
     def _spec_counters(self) -> Optional[tuple[float, float]]:
         """(accepted draft tokens, drafts) summed over the decoding engines; None when no engine

@@ -86,12 +86,13 @@ def expand(recipe: Recipe) -> list[Deployment]:
                 name += f"-c{g['concs'][0]}"
         if not single:
             # Points of one sweep may share nodes (small clusters, arrays); distinct ports keep
-            # their frontends and workers apart.
+            # their frontends and workers apart. Auto ports (None) are apart already: each is
+            # chosen free on its node at start.
             fe, pl = base.frontend, base.placement
+            steps = {"http_port": i, "etcd_port": 2 * i, "nats_port": i}
             base = base.model_copy(update={
-                "frontend": fe.model_copy(update={"http_port": fe.http_port + i, "etcd_port": fe.etcd_port + 2 * i,
-                                                  "nats_port": fe.nats_port + i}),
-                "placement": pl.model_copy(update={"port_base": pl.port_base + 200 * (i % 100)}),
+                "frontend": fe.model_copy(update={k: getattr(fe, k) + d for k, d in steps.items() if getattr(fe, k) is not None}),
+                "placement": pl.model_copy(update={"port_base": None if pl.port_base is None else pl.port_base + 200 * (i % 100)}),
             })
         base = base.model_copy(update={"name": name})
         out.append(

@@ -7,14 +7,17 @@ source /shared/results/golden/nodes.env
 LEADER_ADDR="${INFERX_ADDR_0}"
 INFRA_ADDR="${INFERX_ADDR_0}"
 export LEADER_ADDR INFRA_ADDR
+# This node's ports, taken here (the recipe's, checked free, or free ones for auto).
+python3 /shared/results/golden/scripts/ports.py /shared/results/golden/ports/prefill-0.n"$node_rank".env placement.port_base=auto:INFERX_SYSTEM_PORT,INFERX_KV_SIDE_CHANNEL_PORT,INFERX_RENDEZVOUS_PORT,INFERX_KV_EVENTS_PORT/10 --take /shared/results/golden/ports/infra.env --rank "$node_rank" --leader /shared/results/golden/ports/prefill-0.n0.env:INFERX_RENDEZVOUS_PORT
+source /shared/results/golden/ports/prefill-0.n"$node_rank".env
 export DYN_SDK_DISABLE_ANSI_LOGGING=1
 export UCX_TLS=cuda_copy,cuda_ipc,tcp
 export UCX_CUDA_IPC_ENABLE_MNNVL=y
 export UCX_MEMTYPE_CACHE=n
 export UCX_MEMTYPE_REG_WHOLE=n
 export NCCL_CUMEM_ENABLE=1
-export ETCD_ENDPOINTS=http://"${INFRA_ADDR}":2379
-export NATS_SERVER=nats://"${INFRA_ADDR}":4222
+export ETCD_ENDPOINTS=http://"${INFRA_ADDR}":"${INFERX_ETCD_PORT}"
+export NATS_SERVER=nats://"${INFRA_ADDR}":"${INFERX_NATS_PORT}"
 export HF_HUB_OFFLINE=1
 # Every node gets its own compile caches: concurrent builds into one shared cache dir deadlock.
 export TORCH_EXTENSIONS_DIR=/shared/results/golden/cache/"$(hostname)"/torch_extensions_dir
@@ -32,15 +35,15 @@ python3 /shared/results/golden/scripts/identity_probe.py --backend vllm --model 
 case "$node_rank" in
   0)  # plan node 0 (leader)
     export CUDA_VISIBLE_DEVICES=0,1,2,3
-    export DYN_SYSTEM_PORT=20000
-    export VLLM_NIXL_SIDE_CHANNEL_PORT=20001
+    export DYN_SYSTEM_PORT="${INFERX_SYSTEM_PORT}"
+    export VLLM_NIXL_SIDE_CHANNEL_PORT="${INFERX_KV_SIDE_CHANNEL_PORT}"
     echo "[inferx] prefill-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
-    exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 1 --data-parallel-size 8 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port 20002 --data-parallel-start-rank 0 --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code ;;
+    exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 1 --data-parallel-size 8 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 0 --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code ;;
   1)  # plan node 1
     export CUDA_VISIBLE_DEVICES=0,1,2,3
-    export DYN_SYSTEM_PORT=20000
-    export VLLM_NIXL_SIDE_CHANNEL_PORT=20001
+    export DYN_SYSTEM_PORT="${INFERX_SYSTEM_PORT}"
+    export VLLM_NIXL_SIDE_CHANNEL_PORT="${INFERX_KV_SIDE_CHANNEL_PORT}"
     echo "[inferx] prefill-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
-    exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 1 --data-parallel-size 8 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port 20002 --data-parallel-start-rank 4 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code ;;
+    exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 1 --data-parallel-size 8 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 4 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code ;;
   *) echo "[inferx] prefill-0: no node rank $node_rank in this worker" >&2; exit 2 ;;
 esac
