@@ -76,6 +76,9 @@ def classify(argv: list[str]) -> tuple[str, list[str]] | None:
             return "sglang", rest
         if module == "vllm.entrypoints.cli.main" and rest[:1] == ["serve"]:
             return "vllm serve", rest
+        if module == "vllm.entrypoints.openai.api_server":
+            # The module `vllm serve` runs takes the same flags, the model as --model.
+            return "vllm serve", ["serve", *rest]
     for i, tok in enumerate(argv[:-1]):
         if Path(tok).name == "vllm" and argv[i + 1] == "serve":
             return "vllm serve", argv[i + 1:]

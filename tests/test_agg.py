@@ -72,7 +72,7 @@ def flag(argv: list[str], name: str) -> str:
 def test_own_server_renders_vllm_serve_and_no_frontend():
     r = seed("h200/minimax-m3-tep8-1k1k.yaml")
     argv = argv_of(r)
-    assert argv[1:6] == ["-m", "vllm.entrypoints.cli.main", "serve", r.model.path, "--served-model-name"]
+    assert argv[1:6] == ["-m", "vllm.entrypoints.openai.api_server", "--model", r.model.path, "--served-model-name"]
     assert flag(argv, "--port") == "8000" and "--enable-expert-parallel" in argv
     for absent in ("--disaggregation-mode", "--kv-transfer-config", "--model"):
         assert absent not in argv

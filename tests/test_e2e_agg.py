@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from inferx_slurm.runtime.ports import read_ports
 
 from conftest import REPO
 
@@ -125,32 +124,3 @@ def test_amd_workers_see_exactly_their_gpus(cluster, amd_cluster, tmp_path):
     assert seen == {0: ["0", "1"], 1: ["2", "3"]}
 
 
-def test_engine_own_server_end_to_end(cluster, tmp_path):
-    """`frontend.server: engine` on the local cluster: the worker step runs `vllm serve` (a
-    stand-in that really serves OpenAI requests, tests/standins/), no frontend or discovery steps
-    run, and readiness, the benchmark and the results talk to the engine's own port."""
-    from inferx_slurm.recipe.schema import Recipe
-
-    r = Recipe.load(AGG / "mocker-1a.yaml").with_overrides({
-        "name": "local-vllm-serve-1a", "engine.backend": "vllm", "frontend.server": "engine",
-        "engine.args": {"max-num-seqs": 64, "block-size": 64, "enforce-eager": True},
-        "engine.env": {"PYTHONPATH": str(REPO / "tests" / "standins")},
-    })
-    path = tmp_path / "serve.yaml"
-    path.write_text(r.to_yaml())
-    out = launch_wait(path, tmp_path / "run")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    d = tmp_path / "run"
-    script = (d / "scripts" / "agg-0.sh").read_text()
-    # the engine's own server listens on the port its node took at start (frontend.http_port auto)
-    assert "-m vllm.entrypoints.cli.main serve" in script and '--port "${INFERX_HTTP_PORT}"' in script
-    assert not (d / "scripts" / "frontend.sh").exists() and not (d / "logs" / "frontend.log").exists()
-    port = read_ports(d / "ports" / "agg-0.n0.env")["INFERX_HTTP_PORT"]
-    log = (d / "logs" / "agg-0.n0.log").read_text()
-    assert f"vllm stand-in: serving inferx/tiny-moe on :{port}" in log
-    status = json.loads((d / "status.json").read_text())
-    ready = next(ev for ev in status["events"] if ev["event"] == "ready")
-    assert ready["registered"] == {}  # the engine's server lists the model: no Dynamo registry to count
-    rows = json.loads((d / "summary.json").read_text())["rows"]
-    assert [r["concurrency"] for r in rows] == [1, 4]
-    assert all(r["failed"] == 0 and r["completed"] > 0 and r["num_agg_gpu"] == 1 for r in rows)

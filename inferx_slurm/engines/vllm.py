@@ -52,8 +52,10 @@ SPEC_DRAFTS = ("vllm:spec_decode_num_drafts_total",)
 
 
 def server_argv(recipe: Recipe) -> Optional[list[str]]:
-    """`vllm serve MODEL`: the model is its positional argument, not a flag."""
-    return ["-m", "vllm.entrypoints.cli.main", "serve", recipe.model.path]
+    """vLLM's OpenAI server module, what `vllm serve` runs. Called as a module rather than
+    through the `vllm` console script, which some builds (the CPU wheel, published under
+    another distribution name) cannot start."""
+    return ["-m", "vllm.entrypoints.openai.api_server", "--model", recipe.model.path]
 
 
 def derived_args(recipe: Recipe, plan: Plan, w: WorkerPlacement, rank: int) -> dict[str, ArgValue]:

@@ -141,7 +141,9 @@ def base_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
     env = {"DYN_SDK_DISABLE_ANSI_LOGGING": "1"}
     env.update(PROFILES[recipe.profile].env)
     env.update(recipe.env)
-    env.update(discovery_env(recipe, job_dir))
+    if recipe.frontend.server != "engine":
+        # The engine's own server has no frontend to register with: no discovery to point at.
+        env.update(discovery_env(recipe, job_dir))
     if recipe.model.stage_dir:
         # Staged checkpoints are complete on disk; a hub lookup from many nodes is what races.
         env["HF_HUB_OFFLINE"] = "1"

@@ -84,6 +84,9 @@ def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = N
     settings = settings_lines(recipe)  # as the user wrote them, before staging rewrites the model's path
     recipe, engine = dry_run_staged(recipe), (dry_run_staged(engine) if engine is not None else None)
     plan = plan_recipe(recipe)
+    from inferx_slurm.planning.kv_layout import require_kv_layout
+
+    require_kv_layout(recipe, plan)  # a layout mismatch is refused, not printed
     job_dir = str(results_dir)
     job = render(engine or recipe, job_dir, plan)
     out = [f"# inferx-slurm launch --dry-run: {recipe.name} ({plan.topology})", "", format_plan(plan), ""]
@@ -304,7 +307,9 @@ def check_feasible(recipe: Recipe, *, force: bool = False) -> Any:
     """Refuse, before staging or submitting anything, a role with no KV room, and unless forced
     a benchmark point beyond a role's KV capacity."""
     from inferx_slurm.planning.feasibility import require_fit
+    from inferx_slurm.planning.kv_layout import require_kv_layout
 
+    require_kv_layout(recipe, plan_recipe(recipe))
     return require_fit(recipe, force=force)
 
 

