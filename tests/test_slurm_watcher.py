@@ -91,7 +91,8 @@ def test_watcher_reads_queue_then_accounting_and_unknown_ids():
     fake.queue = {"10": "RUNNING", "11_0": "PENDING"}
     fake.acct = {"12": "FAILED"}
     w = SlurmWatcher(run=fake, max_age_s=0)
-    assert w.states(["10", "11_0", "12", "404"]) == {
+    w.register("10", "11_0", "12", "404")
+    assert {j: w.state(j) for j in ("10", "11_0", "12", "404")} == {
         "10": SlurmState.RUNNING, "11_0": SlurmState.PENDING, "12": SlurmState.FAILED, "404": SlurmState.UNKNOWN}
 
 

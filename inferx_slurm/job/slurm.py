@@ -20,7 +20,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 
 
@@ -155,13 +155,6 @@ class SlurmWatcher:
             for j in job_ids:
                 self._ids.setdefault(str(j), None)
 
-    def forget(self, *job_ids: str) -> None:
-        with self._lock:
-            for j in job_ids:
-                self._ids.pop(str(j), None)
-                self._states.pop(str(j), None)
-                self._final.pop(str(j), None)
-
     def state(self, job_id: str) -> SlurmState:
         job_id = str(job_id)
         self.register(job_id)
@@ -172,11 +165,6 @@ class SlurmWatcher:
             if not fresh or job_id not in self._covered:
                 self._poll()
             return self._states.get(job_id, SlurmState.UNKNOWN)
-
-    def states(self, job_ids: Iterable[str]) -> dict[str, SlurmState]:
-        ids = [str(j) for j in job_ids]
-        self.register(*ids)
-        return {j: self.state(j) for j in ids}
 
     def _poll(self) -> None:
         ids = [j for j in self._ids if j not in self._final]
