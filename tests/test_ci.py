@@ -204,6 +204,8 @@ def test_baseline_gate_flags_drops_beyond_threshold(tmp_path):
     (tmp_path / "agg_x.json").write_text(json.dumps(agg))
     rows = load_rows(tmp_path)
     assert rows[0]["median_ttft_ms"] == 750.0 and rows[0]["tput_per_gpu"] == 2000.0
+    assert rows[0]["p99_ttft_ms"] == pytest.approx(1500.0)  # every latency of the agg file, back in ms
+    assert parse_thresholds(["p99.9_e2el_ms=20"])["p99.9_e2el_ms"] == (False, 20.0)
     with pytest.raises(RecipeError, match="--baseline"):
         load_rows(tmp_path / "nothing-here")
 
