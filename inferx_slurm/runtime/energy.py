@@ -24,9 +24,10 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
-from inferx_slurm.planning.placement import Plan
+if TYPE_CHECKING:  # the arithmetic runs from this file alone (benchmarks/bench_energy.py loads it so)
+    from inferx_slurm.planning.placement import Plan
 
 MAX_GAP_S = 3.0
 # Samples kept around the window: enough to find the ones that bracket it and to tell a gap.
