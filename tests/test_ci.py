@@ -151,6 +151,14 @@ def test_example_runner_script_is_one_line_and_its_workflow_speaks_our_variables
     assert out.returncode == 2 and "PREFILL_NUM_WORKERS: got None; is needed with PREFILL_TP" in out.stdout
 
 
+def test_inferencex_drop_in_launcher_is_one_call_and_needs_its_recipe(tmp_path):
+    script = REPO / "examples/inferencex/launch_gb200-nv.sh"
+    commands = [line for line in script.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert len(commands) == 1 and commands[0].startswith("exec inferx-slurm ci ")
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode != 0 and "INFERX_RECIPE names the inferx-slurm recipe" in out.stderr
+
+
 def test_fault_kinds_map_to_exit_codes():
     assert cr.CATEGORY_EXIT[cr.classify_fault("node_down", "node node2 ...")] == cr.EXIT_INFRA == 3
     assert cr.classify_fault("exited", "infra exited (exit code 1) on host node1.") == "infrastructure"
@@ -268,10 +276,31 @@ def test_simulated_actions_run_writes_every_file_and_a_slowdown_fails_the_gate(c
     env = actions_env(first, RESULT_FILENAME="mocker_fp8_dynamo-mocker", RUNNER_TYPE="gb200-nv", PRECISION="fp8",
                       FRAMEWORK="dynamo-mocker", ISL="128", OSL="32", CONC_LIST="1 4", PREFILL_NUM_WORKERS="1", PREFILL_TP="1",
                       DECODE_NUM_WORKERS="1", DECODE_TP="1", RUNNER_NAME="gb200-nv_0", INFERX_NVML_LIB=str(nvml_lib))
-    out = cli("ci", str(RECIPE), "--results-dir", str(first / "run"), env=env, cwd=tmp_path)
+    # Through the drop-in for InferenceX's launcher, as its multi-node workflow runs it.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "inferx-slurm").write_text(f"#!/bin/sh\nexec {sys.executable} -m inferx_slurm \"$@\"\n")
+    (bindir / "inferx-slurm").chmod(0o755)
+    out = subprocess.run(["bash", str(REPO / "examples/inferencex/launch_gb200-nv.sh"), "--results-dir", str(first / "run")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, **env, "INFERX_RECIPE": str(RECIPE), "PATH": f"{bindir}:{os.environ['PATH']}"})
     assert out.returncode == 0, out.stdout + out.stderr
     ws = first / "ws"
     stem = "mocker_fp8_dynamo-mocker_isl_128_osl_32_conc{}_gpus_2_ctx_1_gen_1.json"
+    # The workflow's "Process result" loop and upload globs, verbatim, over the workspace.
+    step = subprocess.run(["bash", "-c", """
+        for result_file in ${RESULT_FILENAME}_*.json; do
+          gpus=$(echo "$result_file" | sed -n "s/.*_gpus_\\([0-9][0-9]*\\).*\\.json/\\1/p")
+          prefill_gpus=$(echo "$result_file" | sed -n "s/.*_ctx_\\([0-9]*\\).*\\.json/\\1/p")
+          decode_gpus=$(echo "$result_file" | sed -n "s/.*_gen_\\([0-9]*\\).*\\.json/\\1/p")
+          echo "process $result_file G=$gpus P=$prefill_gpus D=$decode_gpus"
+        done
+        ls -d agg_${RESULT_FILENAME}_*.json LOGS/*/results_*.json multinode_server_logs.tar.gz"""],
+        capture_output=True, text=True, cwd=ws, env={**os.environ, "RESULT_FILENAME": "mocker_fp8_dynamo-mocker"})
+    assert step.returncode == 0, step.stderr
+    assert [line for line in step.stdout.splitlines() if line.startswith("process ")] == [
+        f"process {stem.format(c)} G=2 P=1 D=1" for c in (1, 4)]
+    assert len(step.stdout.splitlines()) == 2 + 2 + 2 + 1
     rows = {r["concurrency"]: r for r in json.loads((first / "run" / "summary.json").read_text())["rows"]}
     for conc in (1, 4):
         raw = json.loads((ws / stem.format(conc)).read_text())
