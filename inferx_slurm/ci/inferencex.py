@@ -162,7 +162,8 @@ def agg_result(row: dict[str, Any], raw: dict[str, Any], *, topo: Topology, tota
         doc["num_prefill_gpu"] = int(row["num_prefill_gpu"]) or int(row.get("num_agg_gpu") or 0)
         doc["num_decode_gpu"] = int(row["num_decode_gpu"])
     else:
-        doc["num_gpus"] = int(row.get("num_agg_gpu") or 0)
+        # Aggregated GPUs are neither prefill nor decode GPUs; num_gpus counts them.
+        doc.update(num_prefill_gpu=0, num_decode_gpu=0, num_gpus=int(row.get("num_agg_gpu") or 0))
     doc.update({k: row.get(k) for k in ("tput_per_gpu", "output_tput_per_gpu", "input_tput_per_gpu")})
     # As process_result.py: every *ms key in seconds, and 1000 / every *tpot* key beside it.
     for k, v in raw.items():
