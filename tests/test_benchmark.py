@@ -72,3 +72,26 @@ def test_run_vs_run_deltas():
     text = lines[1]
     assert "+10.0% ok" in text and "+20.0% !!" in text and "-10.0% !!" in text and "+0.0%" in text and " - " in f" {text} "
     assert "no (ISL, OSL, concurrency) point in common" in compare(base, {"rows": []})
+
+
+def test_long_table_columns_and_long_comparison(tmp_path):
+    import subprocess
+    import sys
+
+    from inferx_slurm.results.table import LONG_COLUMNS, LONG_DELTA_METRICS, columns_for, compare
+
+    row = {"isl": 128, "osl": 32, "concurrency": 4, "measured_isl": 139.0, "p99.9_ttft_ms": 117.67, "median_e2el_ms": 72.75,
+           "std_itl_ms": 3.82, "joules_per_output_token": 0.8112, "power_valid": 1, "tput_per_gpu": 100.0}
+    text = format_table([row], LONG_COLUMNS)
+    head, cells = text.splitlines()[0], text.splitlines()[1]
+    assert "p99.9 TTFT" in head and "med E2EL" in head and "std ITL" in head and "ISL meas" in head and "J/out tok" in head
+    assert "117.7" in cells and "72.8" in cells and "3.82" in cells and "139.0" in cells and "0.8112" in cells
+    picked = format_table([row], columns_for(["p99.9_ttft_ms", "power_valid", "something_else"])).splitlines()
+    assert picked[0].split() == ["p99.9_ttft_ms", "power_valid", "something_else"] and picked[1].split() == ["117.7", "1", "-"]
+    worse = {**row, "p99.9_ttft_ms": 2 * 117.67, "joules_per_output_token": 0.4056}
+    lines = compare({"rows": [row]}, {"rows": [worse]}, LONG_DELTA_METRICS).splitlines()
+    assert "p99.9 TTFT" in lines[0] and "+100.0% !!" in lines[1] and "-50.0% ok" in lines[1]
+    (tmp_path / "summary.json").write_text(json.dumps({"name": "n", "topology": "1P1D TP1", "rows": [row]}))
+    out = subprocess.run([sys.executable, "-m", "inferx_slurm", "results", str(tmp_path), "--columns", "concurrency,p99.9_ttft_ms"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.splitlines()[1].split() == ["concurrency", "p99.9_ttft_ms"]

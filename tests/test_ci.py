@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from inferx_slurm.ci import inferencex as ix
 from inferx_slurm.ci import report as cr
 from inferx_slurm.results.baseline import DEFAULT_THRESHOLDS, gate, load_rows, parse_thresholds
 from inferx_slurm.ci.env import SPEC_DECODING, check_against_recipe, from_environ
@@ -150,6 +151,14 @@ def test_example_runner_script_is_one_line_and_its_workflow_speaks_our_variables
     assert out.returncode == 2 and "PREFILL_NUM_WORKERS: got None; is needed with PREFILL_TP" in out.stdout
 
 
+def test_inferencex_drop_in_launcher_is_one_call_and_needs_its_recipe(tmp_path):
+    script = REPO / "examples/inferencex/launch_gb200-nv.sh"
+    commands = [line for line in script.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert len(commands) == 1 and commands[0].startswith("exec inferx-slurm ci ")
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode != 0 and "INFERX_RECIPE names the inferx-slurm recipe" in out.stderr
+
+
 def test_fault_kinds_map_to_exit_codes():
     assert cr.CATEGORY_EXIT[cr.classify_fault("node_down", "node node2 ...")] == cr.EXIT_INFRA == 3
     assert cr.classify_fault("exited", "infra exited (exit code 1) on host node1.") == "infrastructure"
@@ -166,18 +175,26 @@ ROW = {"isl": 8192, "osl": 1024, "concurrency": 64, "num_prefill_gpu": 16, "num_
        "mean_itl_ms": 20.0, "intvty": 50.0, "completed": 640, "failed": 0}
 
 
+LABELS = ix.ResultLabels(hw="gb200-nv", model="m", image="img", infmax_model_prefix="minimaxm3", framework="dynamo-vllm",
+                         precision="fp8", spec_decoding="none", recipe_fingerprint="f" * 64)
+
+
 def test_result_files_use_inferencex_names_and_units():
     topo = Topology.parse("2P1D DEP8->DEP16")
-    assert cr.point_name("X", ROW, topo) == "X_isl_8192_osl_1024_conc64_gpus_32_ctx_2_gen_1.json"
-    agg = cr.agg_result(ROW, topo=topo, total_nodes=8, labels={"hw": "gb200-nv", "precision": "fp8"}, framework="dynamo-vllm",
-                        model="m", image="img")
+    # _ctx_ and _gen_ are the prefill and decode GPUs: InferenceX's processor reads them as such
+    assert ix.point_name("X", ROW, topo) == "X_isl_8192_osl_1024_conc64_gpus_32_ctx_16_gen_16.json"
+    assert ix.logs_name(ROW, topo) == "isl_8192_osl_1024/results_concurrency_64_gpus_32_ctx_16_gen_16.json"
+    agg_row = {**ROW, "num_prefill_gpu": 0, "num_decode_gpu": 0, "num_agg_gpu": 8}
+    assert ix.point_name("X", agg_row, Topology.parse("1A TP8")) == "X_isl_8192_osl_1024_conc64_gpus_8.json"
+    raw = ix.raw_result(ROW, model="m", job_id="7")
+    assert raw["max_concurrency"] == 64 and raw["median_ttft_ms"] == 750.0
+    agg = ix.agg_result(ROW, raw, topo=topo, total_nodes=8, labels=LABELS)
     assert (agg["conc"], agg["hw"], agg["framework"], agg["disagg"], agg["is_multinode"]) == (64, "gb200-nv", "dynamo-vllm", True, True)
     assert (agg["prefill_tp"], agg["prefill_ep"], agg["prefill_dp_attention"], agg["prefill_num_workers"]) == (8, 8, "true", 2)
+    assert (agg["prefill_pp"], agg["prefill_dcp_size"], agg["prefill_pcp_size"]) == (1, 1, 1)
     assert (agg["decode_tp"], agg["decode_num_workers"]) == (16, 1)
     assert agg["median_ttft"] == 0.75 and agg["median_tpot"] == 0.025  # seconds
     assert agg["median_intvty"] == 40.0 and agg["mean_intvty"] == 50.0  # tokens/s/user
-    raw = cr.raw_result(ROW, model="m", job_id="7")
-    assert raw["max_concurrency"] == 64 and raw["median_ttft_ms"] == 750.0
 
 
 def test_baseline_gate_flags_drops_beyond_threshold(tmp_path):
@@ -191,10 +208,12 @@ def test_baseline_gate_flags_drops_beyond_threshold(tmp_path):
     with pytest.raises(RecipeError, match="--threshold"):
         parse_thresholds(["throughput=5"])
     # An earlier CI run's uploaded agg_*.json files are a baseline too.
-    agg = cr.agg_result(ROW, topo=Topology.parse("1P1D TP8"), total_nodes=4, labels={}, framework="f", model="m", image=None)
+    agg = ix.agg_result(ROW, ix.raw_result(ROW, model="m", job_id=None), topo=Topology.parse("1P1D TP8"), total_nodes=4, labels=LABELS)
     (tmp_path / "agg_x.json").write_text(json.dumps(agg))
     rows = load_rows(tmp_path)
     assert rows[0]["median_ttft_ms"] == 750.0 and rows[0]["tput_per_gpu"] == 2000.0
+    assert rows[0]["p99_ttft_ms"] == pytest.approx(1500.0)  # every latency of the agg file, back in ms
+    assert parse_thresholds(["p99.9_e2el_ms=20"])["p99.9_e2el_ms"] == (False, 20.0)
     with pytest.raises(RecipeError, match="--baseline"):
         load_rows(tmp_path / "nothing-here")
 
@@ -249,25 +268,71 @@ def test_identity_probe_reports_from_the_engine_environment(tmp_path, nvml_lib):
 
 
 @pytest.mark.cluster
-def test_simulated_actions_run_writes_every_file_and_a_slowdown_fails_the_gate(cluster, tmp_path):
+def test_simulated_actions_run_writes_every_file_and_a_slowdown_fails_the_gate(cluster, tmp_path, nvml_lib):
+    from inferx_slurm.benchmark.records import LATENCY_KEYS
+
     first = tmp_path / "first"
+    # The GPU sampler reads the NVML stand-in: two GPUs at 300 and 310 W with energy counters.
     env = actions_env(first, RESULT_FILENAME="mocker_fp8_dynamo-mocker", RUNNER_TYPE="gb200-nv", PRECISION="fp8",
                       FRAMEWORK="dynamo-mocker", ISL="128", OSL="32", CONC_LIST="1 4", PREFILL_NUM_WORKERS="1", PREFILL_TP="1",
-                      DECODE_NUM_WORKERS="1", DECODE_TP="1", RUNNER_NAME="gb200-nv_0")
-    out = cli("ci", str(RECIPE), "--results-dir", str(first / "run"), env=env, cwd=tmp_path)
+                      DECODE_NUM_WORKERS="1", DECODE_TP="1", RUNNER_NAME="gb200-nv_0", INFERX_NVML_LIB=str(nvml_lib))
+    # Through the drop-in for InferenceX's launcher, as its multi-node workflow runs it.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "inferx-slurm").write_text(f"#!/bin/sh\nexec {sys.executable} -m inferx_slurm \"$@\"\n")
+    (bindir / "inferx-slurm").chmod(0o755)
+    out = subprocess.run(["bash", str(REPO / "examples/inferencex/launch_gb200-nv.sh"), "--results-dir", str(first / "run")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, **env, "INFERX_RECIPE": str(RECIPE), "PATH": f"{bindir}:{os.environ['PATH']}"})
     assert out.returncode == 0, out.stdout + out.stderr
     ws = first / "ws"
     stem = "mocker_fp8_dynamo-mocker_isl_128_osl_32_conc{}_gpus_2_ctx_1_gen_1.json"
+    # The workflow's "Process result" loop and upload globs, verbatim, over the workspace.
+    step = subprocess.run(["bash", "-c", """
+        for result_file in ${RESULT_FILENAME}_*.json; do
+          gpus=$(echo "$result_file" | sed -n "s/.*_gpus_\\([0-9][0-9]*\\).*\\.json/\\1/p")
+          prefill_gpus=$(echo "$result_file" | sed -n "s/.*_ctx_\\([0-9]*\\).*\\.json/\\1/p")
+          decode_gpus=$(echo "$result_file" | sed -n "s/.*_gen_\\([0-9]*\\).*\\.json/\\1/p")
+          echo "process $result_file G=$gpus P=$prefill_gpus D=$decode_gpus"
+        done
+        ls -d agg_${RESULT_FILENAME}_*.json LOGS/*/results_*.json multinode_server_logs.tar.gz"""],
+        capture_output=True, text=True, cwd=ws, env={**os.environ, "RESULT_FILENAME": "mocker_fp8_dynamo-mocker"})
+    assert step.returncode == 0, step.stderr
+    assert [line for line in step.stdout.splitlines() if line.startswith("process ")] == [
+        f"process {stem.format(c)} G=2 P=1 D=1" for c in (1, 4)]
+    assert len(step.stdout.splitlines()) == 2 + 2 + 2 + 1
+    rows = {r["concurrency"]: r for r in json.loads((first / "run" / "summary.json").read_text())["rows"]}
     for conc in (1, 4):
         raw = json.loads((ws / stem.format(conc)).read_text())
         agg = json.loads((ws / f"agg_{stem.format(conc)}").read_text())
         assert raw["max_concurrency"] == conc and raw["completed"] >= 10 and raw["failed"] == 0
         assert agg["conc"] == conc and agg["hw"] == "gb200-nv" and agg["framework"] == "dynamo-mocker" and agg["tput_per_gpu"] > 0
         assert 0 < agg["median_ttft"] < 10  # seconds, not milliseconds
-    with tarfile.open(ws / "results.tar.gz") as tar:
+        # The whole benchmark_serving key set; a TPOT statistic of 0 (the mock engine streams most
+        # tokens of a request in one chunk) is left out for InferenceX's 1000/TPOT, and kept in summary.json.
+        assert set(ix.RAW_HEAD) <= set(raw)
+        left_out = set(LATENCY_KEYS) - set(raw)
+        assert all("tpot" in k and rows[conc][k] == 0.0 for k in left_out), left_out
+        assert 0 < raw["duration"] < 60 and raw["benchmark_start_time_unix"] < raw["benchmark_end_time_unix"]
+        assert raw["total_output_tokens"] == 32 * raw["completed"] and raw["requested_isl"] == 128 and raw["measured_isl"] > 128
+        assert all(v is not None for v in list(raw.values()) + list(agg.values()))
+        for k in ("hw", "infmax_model_prefix", "framework", "precision", "spec_decoding", "image", "model", "recipe_fingerprint"):
+            assert isinstance(agg[k], str), k
+        assert len(agg["recipe_fingerprint"]) == 64 and agg["infmax_model_prefix"] == "tinymoe" and agg["precision"] == "fp8"
+        assert {"mean_itl", "p99.9_e2el", "prefill_pp", "prefill_dcp_size", "decode_pcp_size", "measured_isl"} <= set(agg)
+        # energy from the stand-in's counters over the point's window: 300 W on each worker's GPU 0
+        assert agg["power_valid"] == raw["power_valid"] == 1 and agg["power_source"] == "energy_counter"
+        window = raw["benchmark_end_time_unix"] - raw["benchmark_start_time_unix"]
+        assert agg["total_gpu_energy_j"] == pytest.approx(600 * window, abs=0.6) and agg["avg_power_w"] == pytest.approx(300, rel=1e-3)
+        assert agg["prefill_gpu_energy_j"] == pytest.approx(300 * window, abs=0.3)
+        assert agg["joules_per_output_token"] == pytest.approx(agg["total_gpu_energy_j"] / raw["total_output_tokens"], rel=1e-3)
+        # LOGS/ as srt-slurm lays it out, the raw file again
+        assert json.loads((ws / "LOGS" / f"isl_128_osl_32/results_concurrency_{conc}_gpus_2_ctx_1_gen_1.json").read_text()) == raw
+    assert (ws / "LOGS" / "summary.json").exists() and not (ws / "results.tar.gz").exists()
+    with tarfile.open(ws / "multinode_server_logs.tar.gz") as tar:
         names = set(tar.getnames())
     assert {"summary.json", "provenance.json", "logs/decode-0.n0.log", "ARCHIVE-MANIFEST.txt",
-            "bench/isl128-osl32/c4/profile_export_aiperf.json"} <= names
+            "bench/isl128-osl32/c4/profile_export_aiperf.json", "bench/isl128-osl32/c4/profile_export.jsonl"} <= names
     summary = (first / "summary.md").read_text()
     assert "## inferx-slurm ci: local-mocker-1p1d (1P1D TP1): passed" in summary and "| 128 | 32 | 4 |" in summary
     assert "- Dynamo: `1.6.1`" in summary and "- partition: `local`" in summary
@@ -292,6 +357,14 @@ def test_simulated_actions_run_writes_every_file_and_a_slowdown_fails_the_gate(c
     assert outputs(second / "output.txt")["category"] == "regression"
     compare = cli("results", str(second / "run"), "--compare", str(first / "run"))
     assert "warning: runs differ in recipe sha256" in compare.stderr
+    # Without RUNNER_TYPE, MODEL_PREFIX, PRECISION the labels come from the recipe, never null;
+    # the local cluster has no GPU library for the sampler, which the power fields say.
+    agg = json.loads(next((second / "ws").glob("agg_*conc4*.json")).read_text())
+    assert (agg["hw"], agg["infmax_model_prefix"], agg["spec_decoding"]) == ("local", "tinymoe", "none")
+    assert agg["power_valid"] == 0 and agg["power_invalid_reasons"] == ["gpu_telemetry_unavailable"]
+    assert "Energy not valid (gpu_telemetry_unavailable)" in summary
+    long = cli("results", str(second / "run"), "--long")
+    assert "p99.9 TTFT" in long.stdout and "med E2EL" in long.stdout and "ISL meas" in long.stdout
 
 
 @pytest.mark.cluster

@@ -74,9 +74,12 @@ def test_ci_result_files_for_an_aggregated_run(cluster, tmp_path):
     out = subprocess.run([sys.executable, "-m", "inferx_slurm", "ci", str(AGG / "mocker-1a.yaml"), "--results-dir", str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=400, env={**os.environ, **env}, cwd=REPO)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    doc = json.loads((ws / "agg_m3_agg_isl_128_osl_32_conc4_gpus_1_agg_1.json").read_text())
+    # No _ctx_/_gen_: InferenceX's result step reads that as all GPUs prefill, none decode.
+    doc = json.loads((ws / "agg_m3_agg_isl_128_osl_32_conc4_gpus_1.json").read_text())
     assert doc["disagg"] is False and doc["tp"] == 1 and doc["ep"] == 1 and doc["dp_attention"] == "false"
-    assert doc["num_prefill_gpu"] == 0 and doc["num_decode_gpu"] == 0 and doc["tput_per_gpu"] > 0
+    assert doc["num_prefill_gpu"] == 0 and doc["num_decode_gpu"] == 0 and doc["num_gpus"] == 1 and doc["tput_per_gpu"] > 0
+    assert (doc["pp"], doc["dcp_size"], doc["pcp_size"], doc["is_multinode"], doc["framework"]) == (1, 1, 1, False, "dynamo-mocker")
+    assert (ws / "LOGS" / "isl_128_osl_32" / "results_concurrency_4_gpus_1.json").is_file()
     assert "prefill_tp" not in doc and doc["spec_decoding"] == "none"
 
 

@@ -50,3 +50,11 @@ def test_cli_writes_svg(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "inferx_slurm", "results", str(tmp_path / "a"), str(tmp_path / "b")],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "only go with --pareto" in bad.stderr
+
+
+def test_a_points_tooltip_carries_its_latency_percentiles_and_energy():
+    row = {**rows([(4, 180, 300)])[0], "median_ttft_ms": 61.0, "p99_ttft_ms": 112.8, "median_tpot_ms": 0.4, "p99_tpot_ms": 1.96,
+           "median_e2el_ms": 72.7, "p99_e2el_ms": 115.1, "joules_per_output_token": 0.8112}
+    title = ET.fromstring(pareto_svg([("A", [row])])).find(f".//{NS}circle/{NS}title").text
+    assert title == ("A: conc 4, ISL 128/OSL 32; TTFT p50 61.0 ms, p99 112.8 ms, TPOT p50 0.40 ms, p99 1.96 ms, "
+                     "E2EL p50 73 ms, p99 115 ms, 0.8112 J/output token")

@@ -218,17 +218,19 @@ def test_ci_remote_brings_the_result_files_and_report_back(sshd, cluster, tmp_pa
     out = ci(tmp_path / "ws")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     names = sorted(p.name for p in (tmp_path / "ws").iterdir())
-    assert names == ["agg_m3_remote_isl_128_osl_32_conc1_gpus_2_ctx_1_gen_1.json", "agg_m3_remote_isl_128_osl_32_conc4_gpus_2_ctx_1_gen_1.json",
+    assert names == ["LOGS", "agg_m3_remote_isl_128_osl_32_conc1_gpus_2_ctx_1_gen_1.json", "agg_m3_remote_isl_128_osl_32_conc4_gpus_2_ctx_1_gen_1.json",
                      "m3_remote_isl_128_osl_32_conc1_gpus_2_ctx_1_gen_1.json", "m3_remote_isl_128_osl_32_conc4_gpus_2_ctx_1_gen_1.json",
-                     "results.tar.gz"]
-    doc = json.loads((tmp_path / "ws" / names[1]).read_text())
+                     "multinode_server_logs.tar.gz"]
+    doc = json.loads((tmp_path / "ws" / names[2]).read_text())
     assert doc["conc"] == 4 and doc["tput_per_gpu"] > 0
+    # LOGS/ comes back with its subdirectories
+    assert (tmp_path / "ws" / "LOGS" / "isl_128_osl_32" / "results_concurrency_4_gpus_2_ctx_1_gen_1.json").is_file()
     summary = (tmp_path / "ws.md").read_text()
-    assert ": passed" in summary and f"127.0.0.1:{sshd['port']}:" in summary and str(tmp_path / "ws" / names[0]) in summary
+    assert ": passed" in summary and f"127.0.0.1:{sshd['port']}:" in summary and str(tmp_path / "ws" / names[1]) in summary
     outputs = dict(line.split("=", 1) for line in (tmp_path / "ws.out").read_text().splitlines() if "=" in line)
     assert outputs["outcome"] == "passed" and float(outputs["best_tput_per_gpu"]) > 0 and outputs["job_id"]
 
-    slow = ci(tmp_path / "ws2", "--set", "engine.args.speedup-ratio=1", "--baseline", str(tmp_path / "ws" / names[1]))
+    slow = ci(tmp_path / "ws2", "--set", "engine.args.speedup-ratio=1", "--baseline", str(tmp_path / "ws" / names[2]))
     assert slow.returncode == 5, slow.stdout[-3000:] + slow.stderr[-3000:]
     assert "::error title=inferx-slurm regression (exit 5)::tput_per_gpu at ISL 128 OSL 32 conc 4" in slow.stdout
     assert "REGRESSION" in (tmp_path / "ws2.md").read_text()

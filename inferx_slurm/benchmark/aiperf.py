@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from inferx_slurm.benchmark.records import Request, point_metrics
 from inferx_slurm.engines.common import flags
 from inferx_slurm.recipe.sections import BenchmarkSpec, Scenario
 from inferx_slurm.recipe.schema import Recipe
@@ -85,11 +86,7 @@ def summarize(
         "num_prefill_gpu": prefill_gpus,
         "num_decode_gpu": decode_gpus,
         **({"num_agg_gpu": agg_gpus} if agg_gpus else {}),
-        "total_token_throughput": total,
-        "output_throughput": out_tput,
-        "tput_per_gpu": total / (prefill_gpus + decode_gpus + agg_gpus),
-        "output_tput_per_gpu": out_tput / (decode_gpus or agg_gpus),
-        "input_tput_per_gpu": in_tput / (prefill_gpus or agg_gpus),
+        **per_gpu(total, out_tput, in_tput, prefill_gpus=prefill_gpus, decode_gpus=decode_gpus, agg_gpus=agg_gpus),
         "mean_ttft_ms": _stat(export, "time_to_first_token"),
         "median_ttft_ms": _stat(export, "time_to_first_token", "p50"),
         "p99_ttft_ms": _stat(export, "time_to_first_token", "p99"),
@@ -101,6 +98,39 @@ def summarize(
         # Requests the client never got an answer for count as failed too.
         "failed": errors + max(0, expected_requests - completed - errors),
     }
+
+
+def per_gpu(total: float, out_tput: float, in_tput: float, *, prefill_gpus: int, decode_gpus: int, agg_gpus: int) -> dict[str, float]:
+    return {
+        "total_token_throughput": total,
+        "output_throughput": out_tput,
+        "tput_per_gpu": total / (prefill_gpus + decode_gpus + agg_gpus),
+        "output_tput_per_gpu": out_tput / (decode_gpus or agg_gpus),
+        "input_tput_per_gpu": in_tput / (prefill_gpus or agg_gpus),
+    }
+
+
+def point_row(
+    export: dict[str, Any], records: Optional[list[Request]], *, isl: int, osl: int, concurrency: int, prefill_gpus: int,
+    decode_gpus: int, expected_requests: int, agg_gpus: int = 0,
+) -> dict[str, Any]:
+    """One results row: aiperf's summary export, overlaid with everything the per-request
+    records give exactly (the full latency set, the window, token totals, throughputs over the
+    window, measured sequence lengths). Without records (an older aiperf, or a client that was
+    told not to write them) the row is the summary's alone and says so."""
+    row = summarize(export, isl=isl, osl=osl, concurrency=concurrency, prefill_gpus=prefill_gpus, decode_gpus=decode_gpus,
+                    expected_requests=expected_requests, agg_gpus=agg_gpus)
+    if not records:
+        row["latency_source"] = "aiperf summary"
+        return row
+    m = point_metrics(records, expected=expected_requests)
+    row.update(m)
+    row.update(per_gpu(m["total_token_throughput"], m["output_throughput"], m["input_throughput"],
+                       prefill_gpus=prefill_gpus, decode_gpus=decode_gpus, agg_gpus=agg_gpus))
+    tpot = m["mean_tpot_ms"]
+    row["intvty"] = 1000.0 / tpot if tpot else None
+    row["latency_source"] = "per-request records"
+    return row
 
 
 def profiling_window(export: dict[str, Any]) -> tuple[float, float]:

@@ -11,7 +11,7 @@ script is one line. The mapping:
 | `IMAGE` | `container.image` (needs `container.runtime: pyxis`) |
 | `ISL`, `OSL` | `benchmark.scenarios: [{isl, osl}]` (both or neither) |
 | `CONC_LIST` (space separated), `CONC` | `benchmark.concurrency` (`CONC` must be in `CONC_LIST` when both are set) |
-| `FRAMEWORK` | `engine.backend`: dynamo-vllm, dynamo-sglang, dynamo-trt, mocker (or vllm, sglang, trtllm) |
+| `FRAMEWORK` | `engine.backend`: dynamo-vllm, dynamo-sglang, dynamo-trt, mocker (or vllm, sglang, trtllm); the result files name the framework that ran as InferenceX does (`dynamo-vllm`, `dynamo-trt`, `vllm`, ...; `dynamo-mocker` for Dynamo's mock engine) |
 | `PREFILL_NUM_WORKERS`, `PREFILL_TP`, `PREFILL_EP`, `PREFILL_DP_ATTN`, same with `DECODE_` | `topology` (`xPyD SPEC->SPEC`; DP attention -> DEPn, EP = TP -> TEPn, EP 1 -> TPn) |
 | `DISAGG` | `true` or `false`: labels the results and must agree with the recipe's `topology` (`xPyD ...` is disaggregated, `NA SPEC` aggregated); `false` contradicts `PREFILL_*`/`DECODE_*` |
 | `SPEC_DECODING` | `none`, `mtp`, `eagle3`, `eagle` or `ngram`: labels the results and must match the recipe's `speculative.method` (`none`: no `speculative:` section) |
@@ -19,7 +19,7 @@ script is one line. The mapping:
 | `RUNNER_NAME` | `slurm.job_name` (the workflow's pre-run cleanup cancels jobs by this name) |
 | `RESULT_FILENAME` | prefix of the result files |
 | `GITHUB_WORKSPACE` | where result files and the archive go (default: the current dir) |
-| `RUNNER_TYPE`, `PRECISION`, `MODEL_PREFIX`, `EXP_NAME`, `MODEL` | copied into every result file (`hw`, `precision`, `infmax_model_prefix`, `exp_name`, `model`) |
+| `RUNNER_TYPE`, `PRECISION`, `MODEL_PREFIX`, `EXP_NAME`, `MODEL`, `RECIPE_FINGERPRINT` | copied into every result file (`hw`, `precision`, `infmax_model_prefix`, `exp_name`, `model`, `recipe_fingerprint`); unset, each comes from the recipe (`hw` from its profile, `recipe_fingerprint` a hash of what it deploys) |
 
 An empty variable counts as unset (GitHub renders a missing matrix key as ""). A value that
 cannot be used, or two that contradict each other, is a RecipeError naming the variable.
@@ -45,7 +45,7 @@ ROLE_VARS = ("NUM_WORKERS", "TP", "EP", "DP_ATTN")
 VARIABLES = frozenset({
     "MODEL", "MODEL_PATH", "IMAGE", "ISL", "OSL", "CONC_LIST", "CONC", "FRAMEWORK", "DISAGG", "SPEC_DECODING",
     "SLURM_PARTITION", "SLURM_ACCOUNT", "RUNNER_NAME", "RESULT_FILENAME", "GITHUB_WORKSPACE", "RUNNER_TYPE",
-    "PRECISION", "MODEL_PREFIX", "EXP_NAME", *(f"{r}_{v}" for r in ("PREFILL", "DECODE") for v in ROLE_VARS),
+    "PRECISION", "MODEL_PREFIX", "EXP_NAME", "RECIPE_FINGERPRINT", *(f"{r}_{v}" for r in ("PREFILL", "DECODE") for v in ROLE_VARS),
 })
 
 
@@ -212,6 +212,7 @@ def from_environ(env: Mapping[str, str]) -> CIEnv:
         "infmax_model_prefix": _get(env, "MODEL_PREFIX"),
         "exp_name": _get(env, "EXP_NAME"),
         "model": _get(env, "MODEL"),
+        "recipe_fingerprint": _get(env, "RECIPE_FINGERPRINT"),
     }
     return out
 

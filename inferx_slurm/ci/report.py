@@ -1,5 +1,5 @@
-"""What `inferx-slurm ci` tells a CI system: exit codes, result files in InferenceX's format,
-the Markdown step summary, step outputs and workflow commands. Pure: no I/O.
+"""What `inferx-slurm ci` tells a CI system: exit codes, the Markdown step summary, step outputs
+and workflow commands (the result files are `ci.inferencex`'s). Pure: no I/O.
 
 Exit codes, so a workflow can tell failures apart:
 
@@ -18,8 +18,6 @@ Exit codes, so a workflow can tell failures apart:
 from __future__ import annotations
 
 from typing import Any, Optional
-
-from inferx_slurm.recipe.topology import ParallelKind, Topology
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -60,97 +58,6 @@ def classify_fault(kind: Optional[str], message: str) -> str:
     return "internal"
 
 
-# --- result files (InferenceX names and units) ---------------------------------------------------
-
-
-def _role_fields(topo: Topology, role: str) -> dict[str, Any]:
-    r = topo.role(role)
-    par = r.parallel
-    # InferenceX writes DEP8 as tp 8, ep 8, dp-attention true: "tp" is the worker's width.
-    # Its single-node (aggregated) records carry the same fields without a role prefix.
-    pre = "" if role == "agg" else f"{role}_"
-    return {
-        f"{pre}tp": par.size,
-        f"{pre}ep": par.size if par.kind in (ParallelKind.TEP, ParallelKind.DEP) else 1,
-        f"{pre}dp_attention": "true" if par.kind is ParallelKind.DEP else "false",
-        f"{pre}num_workers": r.workers,
-    }
-
-
-def _s(ms: Any) -> Optional[float]:
-    return None if ms is None else float(ms) / 1000.0
-
-
-def point_name(prefix: str, row: dict[str, Any], topo: Topology) -> str:
-    """`PREFIX_isl_I_osl_O_concN_gpus_G_ctx_P_gen_D.json`, the layout InferenceX's multi-node
-    runners leave in the workspace (ctx/gen: prefill/decode worker counts)."""
-    gpus = int(row["num_prefill_gpu"]) + int(row["num_decode_gpu"]) + int(row.get("num_agg_gpu") or 0)
-    head = f"{prefix}_isl_{row['isl']}_osl_{row['osl']}_conc{row['concurrency']}_gpus_{gpus}"
-    if topo.aggregated:
-        return f"{head}_agg_{topo.role('agg').workers}.json"
-    return f"{head}_ctx_{topo.role('prefill').workers}_gen_{topo.role('decode').workers}.json"
-
-
-def raw_result(row: dict[str, Any], *, model: str, job_id: Optional[str]) -> dict[str, Any]:
-    """The per-point client result in benchmark_serving's names (milliseconds), which
-    InferenceX's result processing reads."""
-    return {
-        "model_id": model,
-        "max_concurrency": row["concurrency"],
-        "completed": row.get("completed"),
-        "failed": row.get("failed"),
-        "total_token_throughput": row.get("total_token_throughput"),
-        "output_throughput": row.get("output_throughput"),
-        "mean_ttft_ms": row.get("mean_ttft_ms"),
-        "median_ttft_ms": row.get("median_ttft_ms"),
-        "p99_ttft_ms": row.get("p99_ttft_ms"),
-        "mean_tpot_ms": row.get("mean_tpot_ms"),
-        "median_tpot_ms": row.get("median_tpot_ms"),
-        "mean_itl_ms": row.get("mean_itl_ms"),
-        "slurm_job_id": job_id,
-    }
-
-
-def agg_result(row: dict[str, Any], *, topo: Topology, total_nodes: int, labels: dict[str, Any],
-               framework: str, model: str, image: Optional[str], spec_decoding: Optional[str] = None) -> dict[str, Any]:
-    """The aggregated per-point record InferenceX uploads (`agg_*.json`): throughput per GPU,
-    latencies in seconds, interactivity in tokens/s/user."""
-    median_tpot = row.get("median_tpot_ms")
-    doc: dict[str, Any] = {
-        "hw": labels.get("hw"),
-        "conc": row["concurrency"],
-        "image": image,
-        "model": labels.get("model") or model,
-        "infmax_model_prefix": labels.get("infmax_model_prefix"),
-        "framework": framework,
-        "precision": labels.get("precision"),
-        "spec_decoding": spec_decoding or "none",
-        "disagg": not topo.aggregated,
-        "is_multinode": total_nodes > 1,
-        "isl": row["isl"],
-        "osl": row["osl"],
-        **{k: v for r in topo.roles for k, v in _role_fields(topo, r).items()},
-        "num_prefill_gpu": row["num_prefill_gpu"],
-        "num_decode_gpu": row["num_decode_gpu"],
-        "tput_per_gpu": row.get("tput_per_gpu"),
-        "output_tput_per_gpu": row.get("output_tput_per_gpu"),
-        "input_tput_per_gpu": row.get("input_tput_per_gpu"),
-        "mean_ttft": _s(row.get("mean_ttft_ms")),
-        "median_ttft": _s(row.get("median_ttft_ms")),
-        "p99_ttft": _s(row.get("p99_ttft_ms")),
-        "mean_tpot": _s(row.get("mean_tpot_ms")),
-        "median_tpot": _s(median_tpot),
-        "mean_intvty": row.get("intvty"),
-        "median_intvty": (1000.0 / median_tpot) if median_tpot else None,
-        "avg_power_w": row.get("avg_gpu_power_w"),
-    }
-    if row.get("acceptance_length") is not None:
-        doc["spec_acceptance_length"] = row["acceptance_length"]
-    if labels.get("exp_name"):
-        doc["exp_name"] = labels["exp_name"]
-    return doc
-
-
 # --- reporting -------------------------------------------------------------------------------------
 
 
@@ -170,7 +77,19 @@ def flagged_points(rows: list[dict[str, Any]]) -> list[str]:
         where = f"ISL {r['isl']} OSL {r['osl']} conc {r['concurrency']}"
         if int(r.get("failed") or 0):
             out.append(f"{where}: {r['failed']} of {int(r.get('failed') or 0) + int(r.get('completed') or 0)} requests failed")
+        if r.get("latency_source") == "aiperf summary":
+            out.append(f"{where}: the client wrote no per-request records; latencies are aiperf's summary, the "
+                       "full latency set, window and token totals are missing")
     return out
+
+
+def power_line(rows: list[dict[str, Any]]) -> str:
+    """One line on energy: how it was measured, or why it is not valid."""
+    bad = sorted({why for r in rows if not r.get("power_valid") for why in r.get("power_invalid_reasons") or ["no data"]})
+    if bad:
+        return f"Energy not valid ({', '.join(bad)}): `power_valid` 0 in the result files."
+    sources = sorted({r.get("power_source") for r in rows if r.get("power_source")})
+    return f"Energy from {', '.join(sources)} over each point's serving window." if sources else ""
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -193,13 +112,17 @@ def markdown(rep: dict[str, Any]) -> str:
     rows = rep.get("rows") or []
     if rows:
         out += ["### Results" + (" (partial)" if rep.get("partial") else ""), "",
-                "| ISL | OSL | conc | tok/s/GPU | out tok/s/GPU | in tok/s/GPU | median TTFT ms | median TPOT ms | tok/s/user | done | failed |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| ISL | OSL | conc | tok/s/GPU | out tok/s/GPU | in tok/s/GPU | median TTFT ms | p99 TTFT ms | median TPOT ms | "
+                "tok/s/user | p99 E2EL ms | J/out tok | done | failed |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             out.append(f"| {r['isl']} | {r['osl']} | {r['concurrency']} | {_fmt(r.get('tput_per_gpu'))} | {_fmt(r.get('output_tput_per_gpu'))} | "
-                       f"{_fmt(r.get('input_tput_per_gpu'))} | {_fmt(r.get('median_ttft_ms'))} | {_fmt(r.get('median_tpot_ms'), '.2f')} | "
-                       f"{_fmt(r.get('intvty'))} | {r.get('completed', '-')} | {r.get('failed', '-')} |")
+                       f"{_fmt(r.get('input_tput_per_gpu'))} | {_fmt(r.get('median_ttft_ms'))} | {_fmt(r.get('p99_ttft_ms'))} | "
+                       f"{_fmt(r.get('median_tpot_ms'), '.2f')} | {_fmt(r.get('intvty'))} | {_fmt(r.get('p99_e2el_ms'))} | "
+                       f"{_fmt(r.get('joules_per_output_token'), '.4g')} | {r.get('completed', '-')} | {r.get('failed', '-')} |")
         out.append("")
+        if line := power_line(rows):
+            out += [line, ""]
     if rep.get("checks"):
         out += [f"### Baseline gate (against `{rep.get('baseline')}`)", "",
                 "| ISL | OSL | conc | metric | baseline | this run | change | allowed | verdict |", "|---:|---:|---:|---|---:|---:|---:|---:|---|"]

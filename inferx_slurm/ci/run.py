@@ -3,13 +3,16 @@ and exit code. The shell around the pure parts (ci_env, ci_report, baseline)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from inferx_slurm.ci import inferencex as ix
 from inferx_slurm.ci import report as cr
+from inferx_slurm.results import labels as lb
 from inferx_slurm.results import provenance
 from inferx_slurm.results.archive import write_archive
 from inferx_slurm.results.baseline import DEFAULT_THRESHOLDS, gate, load_rows
@@ -19,7 +22,8 @@ from inferx_slurm.fsutil import atomic_write_json, read_json
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.topology import Topology
 
-ARCHIVE_NAME = "results.tar.gz"
+# The name InferenceX's workflow uploads (multinode_server_logs_${RESULT_FILENAME}).
+ARCHIVE_NAME = ix.LOGS_ARCHIVE
 REPORT_NAME = "ci-report.json"
 
 
@@ -173,7 +177,7 @@ def _gather(rep: dict[str, Any], results_dir: Path, recipe: Recipe, env: CIEnv, 
         rep["warnings"] += cr.flagged_points(rows)
 
     if rep["exit_code"] in (cr.EXIT_OK, cr.EXIT_BENCHMARK) and rows:
-        files += _write_results(rows, recipe, env, plan, out_dir, rep.get("job_id"))
+        files += _write_results(rows, recipe, env, plan, out_dir, rep.get("job_id"), results_dir)
 
     rep["provenance_doc"] = prov
     if opts.baseline and rep["exit_code"] == cr.EXIT_OK:
@@ -211,21 +215,44 @@ def _gate(rep: dict[str, Any], rows: list[dict[str, Any]], prov: Optional[dict[s
         rep["warnings"] += [f"differs from the baseline: {d}" for d in provenance.differences(base_prov, prov)]
 
 
+def result_labels(recipe: Recipe, env: CIEnv) -> ix.ResultLabels:
+    """The labels of every result file: the CI environment's where it gives them, else the recipe's."""
+    given = env.labels
+    return ix.ResultLabels(
+        hw=lb.hardware(recipe, given.get("hw")),
+        model=given.get("model") or recipe.model.name,
+        # No container: the engines ran from the host's environment, which has no image name.
+        image=recipe.container.image or "",
+        infmax_model_prefix=lb.model_prefix(recipe, given.get("infmax_model_prefix")),
+        framework=lb.framework(recipe),
+        precision=lb.precision(recipe, given.get("precision")),
+        spec_decoding=lb.spec_decoding(recipe),
+        # InferenceX's own fingerprint of its config, when its workflow passes one; else ours.
+        recipe_fingerprint=given.get("recipe_fingerprint") or lb.fingerprint(recipe),
+        parallel={r: lb.parallel_sizes(recipe, r) for r in recipe.topology.roles},
+        exp_name=given.get("exp_name"),
+    )
+
+
 def _write_results(rows: list[dict[str, Any]], recipe: Recipe, env: CIEnv, plan: dict[str, Any], out_dir: Path,
-                   job_id: Optional[str]) -> list[str]:
+                   job_id: Optional[str], results_dir: Path) -> list[str]:
+    """Per point the raw file and its agg file in out_dir, and LOGS/ as srt-slurm leaves it."""
     topo = Topology.parse(str(recipe.topology))
     prefix = env.result_filename or recipe.name
-    backend = recipe.engine.backend.value
-    framework = env.used.get("FRAMEWORK") or (backend if recipe.frontend.server == "engine" else f"dynamo-{backend}")
-    spec = recipe.speculative.method.value if recipe.speculative else None
+    labels = result_labels(recipe, env)
     written = []
     for row in rows:
-        name = cr.point_name(prefix, row, topo)
-        atomic_write_json(out_dir / name, cr.raw_result(row, model=recipe.model.name, job_id=job_id))
-        atomic_write_json(out_dir / f"agg_{name}", cr.agg_result(
-            row, topo=topo, total_nodes=int(plan.get("total_nodes") or 1), labels=env.labels, framework=framework,
-            model=recipe.model.name, image=recipe.container.image, spec_decoding=spec))
+        name = ix.point_name(prefix, row, topo)
+        raw = ix.raw_result(row, model=labels.model, tokenizer=recipe.benchmark.tokenizer, job_id=job_id)
+        atomic_write_json(out_dir / name, raw)
+        atomic_write_json(out_dir / f"agg_{name}", ix.agg_result(row, raw, topo=topo, total_nodes=int(plan.get("total_nodes") or 1),
+                                                                labels=labels))
+        atomic_write_json(out_dir / ix.LOGS_DIR / ix.logs_name(row, topo), raw)
         written += [str(out_dir / name), str(out_dir / f"agg_{name}")]
+    for small in ("summary.json", "provenance.json", "plan.json", "diagnosis.txt"):
+        if (results_dir / small).is_file():
+            shutil.copyfile(results_dir / small, out_dir / ix.LOGS_DIR / small)
+    written.append(f"{out_dir / ix.LOGS_DIR}/ (the result files as srt-slurm lays them out, summary, provenance)")
     return written
 
 

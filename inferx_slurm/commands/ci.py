@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ci",
         help="run one CI matrix point: result files, step summary, outputs, exit code per failure kind",
         description="Run RECIPE with overrides from the CI environment (InferenceX variable names: MODEL, IMAGE, ISL, OSL, "
-        "CONC_LIST, FRAMEWORK, PREFILL_*/DECODE_*, RESULT_FILENAME, ...) and --set, wait, and write per-point result JSONs, "
-        "results.tar.gz, the $GITHUB_STEP_SUMMARY report and $GITHUB_OUTPUT keys. Exit: 0 ok, 2 recipe/environment, "
+        "CONC_LIST, FRAMEWORK, PREFILL_*/DECODE_*, RESULT_FILENAME, ...) and --set, wait, and write per-point result JSONs "
+        "in InferenceX's format, LOGS/, multinode_server_logs.tar.gz, the $GITHUB_STEP_SUMMARY report and $GITHUB_OUTPUT keys. Exit: 0 ok, 2 recipe/environment, "
         "3 infrastructure, 4 engine, 5 regression against --baseline, 6 benchmark client, 1 internal.",
     )
     p.add_argument("recipe", metavar="RECIPE", help="recipe file (.yaml/.json)")
@@ -44,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", action="append", default=[], metavar="METRIC=PCT",
                    help=f"allowed worsening per metric in %% (repeatable; 'off' drops one); defaults: {defaults}")
     p.add_argument("--results-dir", metavar="DIR", help="the run's results dir (default: results/NAME-TIMESTAMP)")
-    p.add_argument("--out-dir", metavar="DIR", help="where result JSONs and results.tar.gz go (default: $GITHUB_WORKSPACE, else .)")
-    p.add_argument("--archive-max-mb", type=float, default=50.0, metavar="MB", help="size limit of results.tar.gz (default 50)")
+    p.add_argument("--out-dir", metavar="DIR", help="where result JSONs, LOGS/ and the logs archive go (default: $GITHUB_WORKSPACE, else .)")
+    p.add_argument("--archive-max-mb", type=float, default=50.0, metavar="MB", help="size limit of multinode_server_logs.tar.gz (default 50)")
     p.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between status polls (default 2)")
     p.add_argument("--report", metavar="FILE", help="also write the run's report (rows, checks, diagnosis, provenance) as JSON to FILE")
     add_site_arg(p)

@@ -8,7 +8,7 @@ import sys
 
 from inferx_slurm.results import provenance
 from inferx_slurm.errors import InferxError
-from inferx_slurm.results.table import compare, format_table, load_summary, served_line
+from inferx_slurm.results.table import LONG_COLUMNS, LONG_DELTA_METRICS, columns_for, compare, format_table, load_summary, served_line
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if args.compare:
         base = load_summary(args.compare)
         print(f"{summary.get('name')} vs {base.get('name')} (new vs base; ok = better, !! = worse)")
-        print(compare(base, summary))
+        print(compare(base, summary, LONG_DELTA_METRICS if args.long else None))
         for d in provenance.differences(provenance.load(args.compare), provenance.load(args.dir)):
             print(f"warning: runs differ in {d}", file=sys.stderr)
         return 0
@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     flag = " (PARTIAL: the run failed before finishing)" if summary.get("partial") else ""
     print(f"{summary.get('name')} {summary.get('topology')}, {summary.get('total_gpus')} GPUs{flag}")
-    print(format_table(summary.get("rows", [])))
+    columns = columns_for([c.strip() for c in args.columns.split(",") if c.strip()]) if args.columns else None
+    print(format_table(summary.get("rows", []), LONG_COLUMNS if args.long else columns))
     print(served_line(summary))
     print("\n".join(provenance.format_lines(provenance.load(args.dir))))
     return 0
@@ -51,4 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print summary.json as is")
     p.add_argument("--pareto", metavar="SVG", help="write throughput/GPU vs interactivity of every run, with the frontier, as SVG")
     p.add_argument("--compare", metavar="BASE", help="print the change against another run's results dir, per point, in %%")
+    p.add_argument("--long", action="store_true", help="the full result set: mean/median/std/p90/p99/p99.9 of TTFT, TPOT, ITL "
+                   "and E2EL (ms), measured ISL/OSL, window, token totals, success rate, energy (with --compare: every latency statistic)")
+    p.add_argument("--columns", metavar="KEYS", help="the table's columns: summary row keys separated by commas, e.g. p99_e2el_ms,joules_per_output_token")
     p.set_defaults(func=run)

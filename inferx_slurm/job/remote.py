@@ -222,22 +222,31 @@ class Remote:
             sftp.close()
 
     def download_dir(self, remote_dir: str, local_dir: Path, *, client) -> list[Path]:
-        """Copy the plain files of a remote dir into local_dir (each under a temporary name, then
-        renamed, so a reader never sees half a file); returns the local paths."""
+        """Copy the plain files of a remote dir and its subdirs into local_dir (each under a
+        temporary name, then renamed, so a reader never sees half a file); returns the local
+        paths of the top-level files."""
         import stat as stat_mod
 
         sftp = client.open_sftp()
-        got = []
-        try:
-            local_dir.mkdir(parents=True, exist_ok=True)
-            for entry in sftp.listdir_attr(remote_dir):
-                if not stat_mod.S_ISREG(entry.st_mode or 0):
+        got: list[Path] = []
+
+        def copy(rdir: str, ldir: Path, top: bool) -> None:
+            ldir.mkdir(parents=True, exist_ok=True)
+            for entry in sftp.listdir_attr(rdir):
+                mode = entry.st_mode or 0
+                if stat_mod.S_ISDIR(mode):
+                    copy(f"{rdir}/{entry.filename}", ldir / entry.filename, False)
+                if not stat_mod.S_ISREG(mode):
                     continue
-                final = local_dir / entry.filename
-                tmp = local_dir / f".{entry.filename}.part"
-                sftp.get(f"{remote_dir}/{entry.filename}", str(tmp))
+                final = ldir / entry.filename
+                tmp = ldir / f".{entry.filename}.part"
+                sftp.get(f"{rdir}/{entry.filename}", str(tmp))
                 tmp.replace(final)
-                got.append(final)
+                if top:
+                    got.append(final)
+
+        try:
+            copy(remote_dir, local_dir, True)
         except FileNotFoundError:
             return got
         finally:

@@ -19,6 +19,8 @@ class Profile(BaseModel):
     gpus_per_node: int
     gpu_memory_gb: Optional[float] = Field(None, description="memory of one GPU, for the memory planner")
     gpu_vendor: Literal["nvidia", "amd"] = Field("nvidia", description="decides how workers are pinned to their GPUs")
+    hw: Optional[str] = Field(None, description="the hardware key InferenceX's results use (gb200, h100, h200, mi300x, "
+                              "mi355x): the `hw` label when RUNNER_TYPE is unset; None: no InferenceX platform")
     arch: Optional[str] = Field(None, description="CPU architecture of the compute nodes (x86_64, aarch64; native: this "
                                 "machine's), checked against the driver interpreter; None: unknown, not checked")
     native_formats: Optional[frozenset[str]] = Field(
@@ -88,10 +90,10 @@ PROFILES: dict[str, Profile] = {
         Profile(name="local", description="the embedded local Slurm cluster with mock engines", gpus_per_node=4, arch="native"),
         Profile(name="local-amd", description="the local cluster posing as AMD nodes (local-cluster up --gpu-vendor amd)",
                 gpus_per_node=4, gpu_vendor="amd", arch="native"),
-        Profile(name="gb200-nvl72", description="GB200 NVL72: 4 GPUs a node, KV transfer over MNNVL", gpus_per_node=4, gpu_memory_gb=186, arch="aarch64", env=_GB200_KV_OVER_NVLINK, **_BLACKWELL),
-        Profile(name="h100", description="H100 SXM: 8 GPUs a node, KV over NVLink/IB", gpus_per_node=8, arch="x86_64", gpu_memory_gb=80, env={"UCX_TLS": "cuda_copy,cuda_ipc,rc,tcp"}, **_HOPPER),
-        Profile(name="h200", description="H200 SXM: 8 GPUs a node, KV over NVLink/IB", gpus_per_node=8, arch="x86_64", gpu_memory_gb=141, env={"UCX_TLS": "cuda_copy,cuda_ipc,rc,tcp"}, **_HOPPER),
-        Profile(name="mi300x", description="AMD MI300X: 8 GPUs a node, ROCm with AITER kernels", gpus_per_node=8, gpu_memory_gb=192, gpu_vendor="amd", arch="x86_64", env=_ROCM_AITER, **_MI300X),
-        Profile(name="mi355x", description="AMD MI355X: 8 GPUs a node, ROCm with AITER kernels", gpus_per_node=8, gpu_memory_gb=288, gpu_vendor="amd", arch="x86_64", env=_ROCM_AITER, **_MI355X),
+        Profile(name="gb200-nvl72", description="GB200 NVL72: 4 GPUs a node, KV transfer over MNNVL", gpus_per_node=4, gpu_memory_gb=186, arch="aarch64", hw="gb200", env=_GB200_KV_OVER_NVLINK, **_BLACKWELL),
+        Profile(name="h100", description="H100 SXM: 8 GPUs a node, KV over NVLink/IB", gpus_per_node=8, hw="h100", arch="x86_64", gpu_memory_gb=80, env={"UCX_TLS": "cuda_copy,cuda_ipc,rc,tcp"}, **_HOPPER),
+        Profile(name="h200", description="H200 SXM: 8 GPUs a node, KV over NVLink/IB", gpus_per_node=8, hw="h200", arch="x86_64", gpu_memory_gb=141, env={"UCX_TLS": "cuda_copy,cuda_ipc,rc,tcp"}, **_HOPPER),
+        Profile(name="mi300x", description="AMD MI300X: 8 GPUs a node, ROCm with AITER kernels", gpus_per_node=8, hw="mi300x", gpu_memory_gb=192, gpu_vendor="amd", arch="x86_64", env=_ROCM_AITER, **_MI300X),
+        Profile(name="mi355x", description="AMD MI355X: 8 GPUs a node, ROCm with AITER kernels", gpus_per_node=8, hw="mi355x", gpu_memory_gb=288, gpu_vendor="amd", arch="x86_64", env=_ROCM_AITER, **_MI355X),
     ]
 }

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from inferx_slurm.benchmark.records import LATENCY_KEYS
 from inferx_slurm.errors import RecipeError
 
 # metric -> (higher is better, allowed worsening in %)
@@ -22,7 +23,9 @@ DEFAULT_THRESHOLDS: dict[str, tuple[bool, float]] = {
 }
 KNOWN_METRICS: dict[str, bool] = {
     "tput_per_gpu": True, "output_tput_per_gpu": True, "input_tput_per_gpu": True, "intvty": True,
-    "median_ttft_ms": False, "mean_ttft_ms": False, "p99_ttft_ms": False, "median_tpot_ms": False, "mean_tpot_ms": False,
+    # every latency statistic (lower is better) but the spread, which is no quality of its own
+    **{k: False for k in LATENCY_KEYS if not k.startswith("std_")},
+    "joules_per_output_token": False, "joules_per_total_token": False,
 }
 
 Key = tuple[int, int, int]
@@ -50,16 +53,17 @@ def parse_thresholds(items: list[str]) -> dict[str, tuple[bool, float]]:
 
 
 def _from_agg(doc: dict[str, Any]) -> dict[str, Any]:
-    def ms(v: Any) -> Any:
-        return None if v is None else float(v) * 1000.0
-
-    return {
+    """A results row from an agg file: its latencies (seconds there) back in milliseconds."""
+    row = {
         "isl": doc["isl"], "osl": doc["osl"], "concurrency": doc["conc"],
         "tput_per_gpu": doc.get("tput_per_gpu"), "output_tput_per_gpu": doc.get("output_tput_per_gpu"),
         "input_tput_per_gpu": doc.get("input_tput_per_gpu"), "intvty": doc.get("mean_intvty", doc.get("intvty")),
-        "median_ttft_ms": ms(doc.get("median_ttft")), "mean_ttft_ms": ms(doc.get("mean_ttft")), "p99_ttft_ms": ms(doc.get("p99_ttft")),
-        "median_tpot_ms": ms(doc.get("median_tpot")), "mean_tpot_ms": ms(doc.get("mean_tpot")),
+        "joules_per_output_token": doc.get("joules_per_output_token"), "joules_per_total_token": doc.get("joules_per_total_token"),
     }
+    for key in LATENCY_KEYS:
+        v = doc.get(key[: -len("_ms")])
+        row[key] = None if v is None else float(v) * 1000.0
+    return row
 
 
 def load_rows(path: str | Path) -> list[dict[str, Any]]:

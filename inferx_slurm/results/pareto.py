@@ -71,7 +71,7 @@ def pareto_svg(series: list[tuple[str, list[dict[str, Any]]]], title: str = "") 
     for i, (label, ps) in enumerate(data):
         color = PALETTE[i % len(PALETTE)]
         for x, y, r in ps:
-            tip = f"{label}: conc {r.get('concurrency')}, ISL {r.get('isl')}/OSL {r.get('osl')}"
+            tip = f"{label}: conc {r.get('concurrency')}, ISL {r.get('isl')}/OSL {r.get('osl')}" + point_detail(r)
             on = (x, y) in front
             out.append(f'<circle class="point{" on-frontier" if on else ""}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{5 if on else 4}" '
                        f'fill="{color}" stroke="{"black" if on else "none"}"><title>{escape(tip)}</title></circle>')
@@ -82,6 +82,17 @@ def pareto_svg(series: list[tuple[str, list[dict[str, Any]]]], title: str = "") 
     out.append(f'<text x="{W - R + 16}" y="{T + 14 + 18 * len(data) + 6}" font-size="10">dashed: Pareto frontier</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+# What a point's tooltip adds to its two coordinates, when the row has it.
+DETAIL = [("median_ttft_ms", "TTFT p50 {:.1f} ms"), ("p99_ttft_ms", "p99 {:.1f} ms"), ("median_tpot_ms", "TPOT p50 {:.2f} ms"),
+          ("p99_tpot_ms", "p99 {:.2f} ms"), ("median_e2el_ms", "E2EL p50 {:.0f} ms"), ("p99_e2el_ms", "p99 {:.0f} ms"),
+          ("joules_per_output_token", "{:.4g} J/output token")]
+
+
+def point_detail(row: dict[str, Any]) -> str:
+    parts = [fmt.format(float(row[k])) for k, fmt in DETAIL if isinstance(row.get(k), (int, float))]
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def series_label(summary: dict[str, Any], fallback: Optional[str] = None) -> str:

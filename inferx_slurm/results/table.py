@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from inferx_slurm.fsutil import read_json
 
@@ -30,6 +30,8 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     v = row.get(key)
     if v is None:
         return "-"
+    if fmt == "{}":
+        return str(v)
     try:
         return fmt.format(int(v) if "d}" in fmt else float(v))
     except (TypeError, ValueError):
@@ -39,11 +41,50 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
 AGG_COLUMN = ("num_agg_gpu", "A gpu", "{:d}")
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
+def _latency_columns(metric: str, label: str) -> list[tuple[str, str, str]]:
+    fmt = "{:.2f}" if metric in ("tpot", "itl") else "{:.1f}"
+    return [(f"{s}_{metric}_ms", f"{s.replace('median', 'med')} {label}", fmt) for s in ("mean", "median", "std", "p90", "p99", "p99.9")]
+
+
+# `results --long`: the full set from the client's per-request records, the window, measured
+# lengths and energy.
+LONG_COLUMNS = [
+    ("isl", "ISL", "{:d}"),
+    ("osl", "OSL", "{:d}"),
+    ("measured_isl", "ISL meas", "{:.1f}"),
+    ("measured_osl", "OSL meas", "{:.1f}"),
+    ("concurrency", "conc", "{:d}"),
+    ("tput_per_gpu", "tok/s/gpu", "{:.1f}"),
+    ("output_tput_per_gpu", "out/s/gpu", "{:.1f}"),
+    ("input_tput_per_gpu", "in/s/gpu", "{:.1f}"),
+    ("intvty", "tok/s/user", "{:.1f}"),
+    *_latency_columns("ttft", "TTFT"),
+    *_latency_columns("tpot", "TPOT"),
+    *_latency_columns("itl", "ITL"),
+    *_latency_columns("e2el", "E2EL"),
+    ("duration", "window s", "{:.1f}"),
+    ("total_input_tokens", "in tok", "{:d}"),
+    ("total_output_tokens", "out tok", "{:d}"),
+    ("success_rate", "success", "{:.3f}"),
+    ("power_valid", "power ok", "{:d}"),
+    ("total_gpu_energy_j", "energy J", "{:.1f}"),
+    ("avg_power_w", "W/gpu", "{:.0f}"),
+    ("joules_per_output_token", "J/out tok", "{:.4g}"),
+    ("joules_per_total_token", "J/tok", "{:.4g}"),
+]
+
+
+def columns_for(keys: list[str]) -> list[tuple[str, str, str]]:
+    """`results --columns a,b`: those row keys, headed by their own name."""
+    known = {k: (k, k, f) for k, _, f in COLUMNS + LONG_COLUMNS}
+    return [known.get(k, (k, k, "{}")) for k in keys]
+
+
+def format_table(rows: list[dict[str, Any]], columns: Optional[list[tuple[str, str, str]]] = None) -> str:
     if not rows:
         return "(no results)"
-    cols = list(COLUMNS)
-    if any(r.get("num_agg_gpu") for r in rows):  # aggregated GPUs do prefill and decode
+    cols = list(columns or COLUMNS)
+    if columns is None and any(r.get("num_agg_gpu") for r in rows):  # aggregated GPUs do prefill and decode
         cols.insert(5, AGG_COLUMN)
     cells = [[h for _, h, _ in cols]] + [[_cell(r, k, f) for k, _, f in cols] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
@@ -83,21 +124,28 @@ DELTA_METRICS = [
 ]
 
 
-def compare(base: dict[str, Any], new: dict[str, Any]) -> str:
+# `results --compare --long`: every latency statistic but the spread, and energy per token.
+LONG_DELTA_METRICS = DELTA_METRICS[:2] + [("intvty", "tok/s/user", True)] + [
+    (k, h, False) for k, h, _ in LONG_COLUMNS if k.endswith("_ms") and not k.startswith("std_")
+] + [("joules_per_output_token", "J/out tok", False)]
+
+
+def compare(base: dict[str, Any], new: dict[str, Any], metrics: Optional[list[tuple[str, str, bool]]] = None) -> str:
     """Run-vs-run table: each (ISL, OSL, concurrency) both runs measured, new vs base in %."""
+    metrics = metrics or DELTA_METRICS
 
     def key(r: dict[str, Any]) -> tuple[int, int, int]:
         return (int(r["isl"]), int(r["osl"]), int(r["concurrency"]))
 
     old = {key(r): r for r in base.get("rows", [])}
-    head = ["ISL", "OSL", "conc"] + [h for _, h, _ in DELTA_METRICS]
+    head = ["ISL", "OSL", "conc"] + [h for _, h, _ in metrics]
     lines = [head]
     for r in sorted(new.get("rows", []), key=key):
         o = old.get(key(r))
         if o is None:
             continue
         cells = [str(x) for x in key(r)]
-        for k, _, higher_better in DELTA_METRICS:
+        for k, _, higher_better in metrics:
             a, b = o.get(k), r.get(k)
             if not a or b is None:
                 cells.append("-")

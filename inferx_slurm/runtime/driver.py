@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from inferx_slurm.benchmark.aiperf import AIPERF_EXPORT, aiperf_argv, point_dir, profiling_window, summarize
+from inferx_slurm.benchmark.aiperf import AIPERF_EXPORT, aiperf_argv, point_dir, point_row, profiling_window
+from inferx_slurm.benchmark.records import RECORDS_EXPORT, read_records
 from inferx_slurm.results import provenance
 from inferx_slurm.fsutil import atomic_write, atomic_write_json, read_json
 from inferx_slurm.planning.placement import Plan
@@ -22,6 +23,7 @@ from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.job.render import RenderedJob, srun_argv
 from inferx_slurm.runtime import metrics, nodes, readiness
 from inferx_slurm.runtime.accounting import served_requests
+from inferx_slurm.runtime.energy import point_power
 from inferx_slurm.runtime.gpumon import gpu_metrics
 from inferx_slurm.runtime.ports import read_ports
 from inferx_slurm.runtime.steps import RunningStep, stop_all
@@ -323,12 +325,16 @@ class Driver:
                 if not export.exists():
                     raise _FaultRaised(Fault("client", None, f"benchmark client wrote no {AIPERF_EXPORT} for {scen.name} c{conc}; see {out}/client.log"))
                 doc = read_json(export)
-                row = summarize(doc, isl=scen.isl, osl=scen.osl, concurrency=conc,
+                row = point_row(doc, read_records(out / RECORDS_EXPORT), isl=scen.isl, osl=scen.osl, concurrency=conc,
                                 prefill_gpus=self.plan.prefill_gpus, decode_gpus=self.plan.decode_gpus,
                                 agg_gpus=self.plan.agg_gpus, expected_requests=b.requests_for(conc))
                 if self.recipe.speculative:
                     row["acceptance_length"] = self._acceptance_length(spec_before)
-                row.update(gpu_metrics(self.engine_dir / "logs", self.hosts, *profiling_window(doc)))
+                window = (row["benchmark_start_time_unix"], row["benchmark_end_time_unix"]) if "duration" in row else profiling_window(doc)
+                row.update(gpu_metrics(self.engine_dir / "logs", self.hosts, *window))
+                # A sample after the window's end may be one sampling period away.
+                row.update(point_power(self.engine_dir / "logs", self.hosts, self.plan, row,
+                                       wait_s=b.gpu_metrics_interval_s + 2.0 if b.gpu_metrics_interval_s else 0.0))
                 self.rows.append(row)
                 self.write_summary(partial=True)
 

@@ -1,9 +1,14 @@
-"""Per-node GPU sampler: power, utilization and memory of every visible GPU through NVML.
+"""Per-node GPU sampler: energy counter, power, utilization and memory of every visible GPU,
+through NVML on NVIDIA nodes and amdsmi on AMD nodes.
 
 Runs as one srun step per node next to the engines and appends one JSON line per sample:
-{"t": unix time, "gpus": [{"i": 0, "power_w": ..., "util_pct": ..., "mem_used_gb": ...}, ...]}.
-It talks to libnvidia-ml directly through ctypes, so it needs nothing but the driver; on a
-node without NVML it writes one line saying why and exits 0, and the results say "no data".
+{"t": unix time, "gpus": [{"i": 0, "energy_j": ..., "power_w": ..., "util_pct": ..., "mem_used_gb": ...}, ...]}.
+`energy_j` is the GPU's own energy counter (NVML's total energy since the driver loaded; AMD's
+energy accumulator), which integrates power exactly between two readings; `power_w` is the
+sensor's power, integrated only where a GPU has no counter. The first line names the source.
+NVML is reached through ctypes, so NVIDIA nodes need nothing but the driver; amdsmi is the
+Python library ROCm ships (the amd-smi CLI's own backend). On a node with neither it writes one
+line saying why and exits 0, and the results say "no data".
 """
 
 from __future__ import annotations
@@ -39,11 +44,20 @@ class NVML:
             h = ctypes.c_void_p()
             self._check(self.lib.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(h)), "nvmlDeviceGetHandleByIndex")
             self.handles.append(h)
+        # Volta and newer; an older driver library lacks the call altogether.
+        self.has_energy = hasattr(self.lib, "nvmlDeviceGetTotalEnergyConsumption")
 
     def _check(self, rc: int, what: str) -> None:
         if rc != 0:
             self.lib.nvmlErrorString.restype = ctypes.c_char_p
             raise RuntimeError(f"{what} failed: {self.lib.nvmlErrorString(rc).decode()}")
+
+    def energy_mj(self, h: Any) -> Optional[int]:
+        """The GPU's energy counter in mJ since the driver loaded; None when not supported."""
+        mj = ctypes.c_ulonglong()
+        if self.has_energy and self.lib.nvmlDeviceGetTotalEnergyConsumption(h, ctypes.byref(mj)) == 0:
+            return mj.value
+        return None
 
     def sample(self) -> list[dict[str, Any]]:
         out = []
@@ -51,6 +65,8 @@ class NVML:
             mw, util, mem = ctypes.c_uint(), _Util(), _Mem()
             row: dict[str, Any] = {"i": i}
             # A GPU may not report one of these (no power sensor); keep the others.
+            if (mj := self.energy_mj(h)) is not None:
+                row["energy_j"] = mj / 1000.0
             if self.lib.nvmlDeviceGetPowerUsage(h, ctypes.byref(mw)) == 0:
                 row["power_w"] = mw.value / 1000.0
             if self.lib.nvmlDeviceGetUtilizationRates(h, ctypes.byref(util)) == 0:
@@ -64,26 +80,102 @@ class NVML:
         self.lib.nvmlShutdown()
 
 
+def _import_amdsmi() -> Any:
+    try:
+        import amdsmi  # type: ignore[import-not-found]
+    except ImportError:
+        # ROCm installs the package beside the CLI; the host python3 may not have it on its path.
+        sys.path.append(os.path.join(os.environ.get("ROCM_PATH", "/opt/rocm"), "share", "amd_smi"))
+        import amdsmi  # type: ignore[import-not-found]
+    return amdsmi
+
+
+def _watts(v: Any) -> Optional[float]:
+    # amdsmi reports a value the ASIC does not have as "N/A" (0xFFFF in the C struct).
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0xFFFF else None
+
+
+class AMDSMI:
+    """AMD GPUs through amdsmi: the energy accumulator (ticks x counter_resolution uJ), socket
+    power, graphics activity and VRAM use."""
+
+    def __init__(self) -> None:
+        self.smi = _import_amdsmi()
+        self.error = getattr(self.smi, "AmdSmiException", Exception)
+        try:
+            self.smi.amdsmi_init()
+            self.handles = list(self.smi.amdsmi_get_processor_handles())
+        except self.error as e:
+            raise RuntimeError(f"amdsmi: {e}") from None
+        if not self.handles:
+            self.close()
+            raise RuntimeError("amdsmi sees no AMD GPU")
+
+    def _call(self, name: str, h: Any) -> Optional[dict[str, Any]]:
+        try:
+            return getattr(self.smi, name)(h)
+        except self.error:
+            return None  # not supported on this GPU (the energy counter is not, in a VM guest)
+
+    def sample(self) -> list[dict[str, Any]]:
+        out = []
+        for i, h in enumerate(self.handles):
+            row: dict[str, Any] = {"i": i}
+            if (e := self._call("amdsmi_get_energy_count", h)) is not None:
+                # The resolution is per ASIC: read it with every sample, never assume it.
+                row["energy_j"] = e["energy_accumulator"] * e["counter_resolution"] / 1e6
+            if (p := self._call("amdsmi_get_power_info", h)) is not None:
+                # As amd-smi's socket_power: the average where the ASIC reports it, else the current.
+                w = _watts(p.get("average_socket_power"))
+                w = w if w is not None else _watts(p.get("current_socket_power"))
+                if w is not None:
+                    row["power_w"] = w
+            if (a := self._call("amdsmi_get_gpu_activity", h)) is not None and _watts(a.get("gfx_activity")) is not None:
+                row["util_pct"] = float(a["gfx_activity"])
+            if (m := self._call("amdsmi_get_gpu_vram_usage", h)) is not None:
+                row["mem_used_gb"] = m["vram_used"] / 1000.0  # amdsmi reports MB
+            out.append(row)
+        return out
+
+    def close(self) -> None:
+        try:
+            self.smi.amdsmi_shut_down()
+        except self.error:
+            pass
+
+
+def open_source() -> tuple[Optional[Any], str]:
+    """The first GPU library that answers on this node, and its name or why none did."""
+    try:
+        return NVML(os.environ.get("INFERX_NVML_LIB")), "nvml"
+    except (OSError, RuntimeError) as e:
+        nvml_error = str(e)
+    try:
+        return AMDSMI(), "amdsmi"
+    except (ImportError, OSError, RuntimeError) as e:
+        return None, f"NVML: {nvml_error}; amdsmi: {e}"
+
+
 def run(out: Path, interval: float, duration: Optional[float] = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     with open(out, "a") as f:
-        try:
-            nvml = NVML(os.environ.get("INFERX_NVML_LIB"))
-        except (OSError, RuntimeError) as e:
-            f.write(json.dumps({"t": time.time(), "host": socket.gethostname(), "nvml": False, "reason": str(e)}) + "\n")
+        gpus, source = open_source()
+        if gpus is None:
+            f.write(json.dumps({"t": time.time(), "host": socket.gethostname(), "nvml": False, "reason": source}) + "\n")
             return 0
-        f.write(json.dumps({"t": time.time(), "host": socket.gethostname(), "nvml": True, "gpus": len(nvml.handles)}) + "\n")
+        f.write(json.dumps({"t": time.time(), "host": socket.gethostname(), "nvml": source == "nvml", "source": source,
+                            "gpus": len(gpus.handles)}) + "\n")
         end = None if duration is None else time.time() + duration
         try:
             while not stop["now"] and (end is None or time.time() < end):
-                f.write(json.dumps({"t": time.time(), "gpus": nvml.sample()}) + "\n")
+                f.write(json.dumps({"t": time.time(), "gpus": gpus.sample()}) + "\n")
                 f.flush()
                 time.sleep(interval)
         finally:
-            nvml.close()
+            gpus.close()
     return 0
 
 
