@@ -260,3 +260,54 @@ def _copy(staged: Path, partial: Path, manifest: dict, workers: int, root: Path,
         # After a failure, the files not yet started are not worth copying.
         pool.shutdown(wait=True, cancel_futures=True)
     return sum(c for c, _ in outcomes), sum(n for _, n in outcomes)
+
+
+class Pruned(BaseModel):
+    evicted: list[str]
+    kept: list[str]  # asked for, but in use (pinned by a running job, or being copied)
+    freed_bytes: int
+
+
+def prune(root: Union[str, Path], *, names: Optional[list[str]] = None, everything: bool = False,
+          cap: Union[int, str, None] = None,
+          job_running: Callable[[str], Optional[bool]] = index.slurm_job_running) -> Pruned:
+    """Clean one node's cache: always the leftovers of crashed copies and evictions, then the models
+    ``names``, or every model (``everything``), or the least recently served until it is within ``cap``.
+    A model a running job pins, or one being copied, is kept."""
+    root = Path(root)
+    evicted, kept, freed = [], [], 0
+    if not root.is_dir():
+        return Pruned(evicted=[], kept=[], freed_bytes=0)
+    with exclusive(root / CACHE_LOCK, timeout_s=ROOM_WAIT_S, purpose="pruning", lease_s=index.LEASE_S):
+        for leftover in index.leftovers(root):
+            shutil.rmtree(leftover, ignore_errors=True)
+        ents = index.entries(root, job_running)
+        wanted = [e for e in ents if not e.complete]  # interrupted copies; a copy under way is busy and stays
+        if names:
+            unknown = sorted(set(names) - {e.name for e in ents})
+            if unknown:
+                raise NodeCacheError(NodeCacheProblem.unavailable, f"{root} holds no model {', '.join(unknown)}; "
+                                     "see `inferx-slurm model cache ls`")
+            wanted += [e for e in ents if e.complete and e.name in names]
+        elif everything:
+            wanted += [e for e in ents if e.complete]
+        for e in wanted:
+            if index.try_evict(root, e, job_running):
+                evicted.append(e.name)
+                freed += e.bytes
+            elif e.complete or names:
+                kept.append(e.name)
+        if cap is not None:
+            limit = cap_bytes(cap, shutil.disk_usage(root).total)
+            left = [e for e in index.entries(root, job_running)]
+            used = sum(e.total_bytes if not e.complete else e.bytes for e in left)
+            for e in [e for e in left if e.complete]:  # least recently served first
+                if used <= limit:
+                    break
+                if index.try_evict(root, e, job_running):
+                    evicted.append(e.name)
+                    freed += e.bytes
+                    used -= e.bytes
+                else:
+                    kept.append(e.name)
+    return Pruned(evicted=evicted, kept=kept, freed_bytes=freed)

@@ -151,7 +151,8 @@ class Entry:
     def to_json(self) -> dict:
         return {"name": self.name, "complete": self.complete, "bytes": self.bytes, "total_bytes": self.total_bytes,
                 "last_served": self.last_served, "source": self.source,
-                "pinned_by": [p.get("job_id") or f"pid {p.get('pid')}" for p in self.pins]}
+                "pinned_by": [f"job {p['job_id']}" if p.get("job_id") else f"pid {p.get('pid')} on {p.get('host')}"
+                              for p in self.pins]}
 
 
 def _manifest_total(path: Path) -> tuple[int, Optional[str]]:
