@@ -167,7 +167,7 @@ def ensure_local(
     job_running: Callable[[str], Optional[bool]] = index.slurm_job_running,
 ) -> NodeCopy:
     """Make ``root/NAME`` a complete local copy of the stage at ``staged``, pinned for ``job_id``
-    (or process ``pid``), and return it. Raises :class:`NodeCacheError` when it cannot."""
+    (or process ``pid``; neither: not pinned), and return it. Raises :class:`NodeCacheError` when it cannot."""
     start = time.monotonic()
     staged, root = Path(staged).absolute(), Path(root)
     manifest = _staged_manifest(staged)
@@ -188,7 +188,7 @@ def ensure_local(
     try:
         with exclusive(index.lock_path(root, name), timeout_s=timeout_s, purpose=f"copying {staged}",
                        lease_s=index.LEASE_S, on_wait=on_wait):
-            pin_file = index.pin(root, name, job_id=job_id, pid=pid)
+            pin_file = index.pin(root, name, job_id=job_id, pid=pid) if job_id or pid is not None else None
             try:
                 if is_staged(final):
                     if _same_files(final, manifest):
@@ -206,10 +206,12 @@ def ensure_local(
                 index.mark_served(root, name, job_id)
                 return result(copied, nbytes, evicted)
             except (NodeCacheError, LockTimeout):
-                index.unpin(pin_file)
+                if pin_file is not None:
+                    index.unpin(pin_file)
                 raise
             except OSError as e:
-                index.unpin(pin_file)
+                if pin_file is not None:
+                    index.unpin(pin_file)
                 raise _disk_problem(e, root, name, 0, total) from None
     except (NodeCacheError, LockTimeout):
         raise
