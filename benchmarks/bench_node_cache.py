@@ -124,16 +124,20 @@ def main() -> int:
         def add(label: str, seconds: float) -> None:
             samples.setdefault(label, []).append(seconds)
 
+        def measure(label: str, fn) -> None:
+            # Each method starts with nothing dirty: no method pays for another's writeback.
+            run(["sync"])
+            add(label, timed(fn))
+
         # -- shared staging against cp -r -------------------------------------------------------
         for i in range(args.repeat):
             a, b, c, d = (work / f"{k}{i}" for k in ("cp", "cps", "stage", "nofsync"))
-            add("cp -r", timed(lambda: run(["cp", "-r", str(src), str(a)])))
-            add("cp -r + sync", timed(lambda: (run(["cp", "-r", str(src), str(b)]), run(["sync", "-f", str(b)]))))
-            add("stage_model", timed(lambda: stage_model(src, c, workers=args.workers)))
-            add("stage_model, no flush", timed(lambda: stage_unflushed(src, d, args.workers)))
+            measure("cp -r", lambda: run(["cp", "-r", str(src), str(a)]))
+            measure("cp -r + sync", lambda: (run(["cp", "-r", str(src), str(b)]), run(["sync", "-f", str(b)])))
+            measure("stage_model", lambda: stage_model(src, c, workers=args.workers))
+            measure("stage_model, no flush", lambda: stage_unflushed(src, d, args.workers))
             for x in (a, b, c, d):
                 shutil.rmtree(x)
-            run(["sync", "-f", str(work)])
 
         # -- fan-out to every node, then a second job ---------------------------------------------
         staged = stage_model(src, work / "stage", workers=args.workers).path
@@ -141,7 +145,7 @@ def main() -> int:
         cache = work / "cache"
         for i in range(args.repeat):
             shutil.rmtree(cache, ignore_errors=True)
-            run(["sync", "-f", str(work)])
+            run(["sync"])
             wall, copy, docs = fan_out(env, staged, cache, work / "out", nodes, args.workers)
             add(f"fan-out, {nodes} nodes (copy phase)", copy)
             add(f"fan-out, {nodes} nodes (srun wall)", wall)
@@ -150,24 +154,24 @@ def main() -> int:
             add("second job (copy phase)", copy2)
             add("second job (srun wall)", wall2)
             shutil.rmtree(cache)
-            run(["sync", "-f", str(work)])
             dirs = [work / f"par{i}-{n}" for n in range(nodes)]
-            add(f"{nodes} x cp -r at once", timed(lambda: [p.wait() for p in [subprocess.Popen(["cp", "-r", str(staged), str(x)])
-                                                                               for x in dirs]]))
-            for x in dirs:
-                shutil.rmtree(x)
-            run(["sync", "-f", str(work)])
-            add(f"{nodes} x cp -r at once + sync", timed(lambda: ([p.wait() for p in [subprocess.Popen(["cp", "-r", str(staged), str(x)])
-                                                                                        for x in dirs]], run(["sync", "-f", str(work)]))))
-            for x in dirs:
-                shutil.rmtree(x)
-            run(["sync", "-f", str(work)])
+
+            def copies(then_sync: bool) -> None:
+                for p in [subprocess.Popen(["cp", "-r", str(staged), str(x)]) for x in dirs]:
+                    p.wait()
+                if then_sync:
+                    run(["sync", "-f", str(work)])
+
+            for then_sync in (False, True):
+                measure(f"{nodes} x cp -r at once" + (" + sync" if then_sync else ""), lambda: copies(then_sync))
+                for x in dirs:
+                    shutil.rmtree(x)
 
         med = {k: statistics.median(v) for k, v in samples.items()}
         print(f"\nmedian of {args.repeat} (each method writes the {gb:.2f} GB checkpoint once per copy):")
         for label, t in med.items():
-            rate = "" if label.startswith("second job") else f"{gb * (nodes if 'nodes' in label or ' x ' in label else 1) / t:7.2f} GB/s written"
-            print(f"  {label:<36} {t:8.3f} s  {rate}")
+            rate = "" if label.startswith("second job") else f"{gb * (nodes if 'nodes' in label or ' x ' in label else 1) / t:5.2f} GB/s"
+            print(f"  {label:<36} {t:8.3f} s  {rate:>9}   samples {' '.join(f'{x:.2f}' for x in samples[label])}")
         fan = med[f"fan-out, {nodes} nodes (copy phase)"]
         print("\nstaging (throughput ratios, higher is faster):")
         print(f"  stage_model / cp -r                  {med['cp -r'] / med['stage_model']:.2f}x")
