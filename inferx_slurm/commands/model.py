@@ -1,4 +1,5 @@
-"""`inferx-slurm model stage SRC --dest DIR`: copy a checkpoint onto the shared filesystem, once."""
+"""`inferx-slurm model stage SRC --dest DIR`: copy a checkpoint onto the shared filesystem, once;
+`inferx-slurm model cache ls|prune`: the node-local copies jobs make of it (model.node_cache)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from inferx_slurm.errors import InferxError
 from inferx_slurm.sharedfs.locks import say, wait_notice
 from inferx_slurm.sharedfs.staging import STAGE_TIMEOUT_S, StageSourceError, stage_model
 from inferx_slurm.commands.argtypes import positive_int, seconds
+from inferx_slurm.commands.model_cache import add_cache_parser
 
 
 def run_stage(args: argparse.Namespace) -> int:
@@ -47,8 +49,9 @@ def run_stage(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "model",
-        help="manage model checkpoints on the shared filesystem",
-        description="Manage model checkpoints staged on the shared filesystem for offline serving.",
+        help="manage model checkpoints on the shared filesystem and the nodes' local caches",
+        description="Manage model checkpoints staged on the shared filesystem for offline serving, and the "
+        "copies jobs keep on each node's local disk (model.node_cache).",
     )
     msub = p.add_subparsers(dest="model_command", metavar="ACTION", parser_class=type(p))
     msub.required = True
@@ -78,3 +81,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     st.add_argument("-q", "--quiet", action="store_true", help="print only the result")
     st.set_defaults(func=run_stage)
+    add_cache_parser(msub)

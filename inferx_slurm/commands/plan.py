@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from inferx_slurm.errors import RecipeError
+from inferx_slurm.job.node_cache import where_lines
+from inferx_slurm.job.submit import dry_run_staged
 from inferx_slurm.planning.feasibility import format_memory, raise_errors
 from inferx_slurm.planning.placement import format_plan, plan_recipe, plan_topology
 from inferx_slurm.recipe.schema import Recipe
@@ -51,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
             blocks.append(format_plan(p, title=name) + (f"\n\n{format_memory(m)}" if m else ""))
         if recipe is not None:
             blocks.append("\n".join(["settings (recipe > site > default):", *(f"  {line}" for line in settings_lines(recipe))]))
+            weights = where_lines(recipe, dry_run_staged(recipe), plans[0][1])
+            if weights:
+                blocks.append("\n".join(weights))
         print("\n\n".join(blocks))
         for _, _, m in plans:
             for w in m.warnings if m else []:

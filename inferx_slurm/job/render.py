@@ -19,14 +19,15 @@ from pydantic import BaseModel, ConfigDict
 
 from inferx_slurm.engines import node_commands, preflight_needs, startup_timeout
 from inferx_slurm.engines.common import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags, http_port
+from inferx_slurm.job import node_cache
 from inferx_slurm.planning.placement import PORTS_PER_WORKER, Plan, WorkerPlacement, plan_recipe
 from inferx_slurm.planning.ports import PORTS_DIR, PORTS_SCRIPT, WORKER_BLOCK, PortVar, port_or_ref, ports_file, request
 from inferx_slurm.recipe.profiles import PROFILES
 from inferx_slurm.recipe.sections import ContainerRuntime, Discovery
 from inferx_slurm.recipe.schema import Recipe
 
-StepKind = Literal["infra", "install", "frontend", "worker", "monitor"]
-_PLACEHOLDERS = (LEADER_ADDR, INFRA_ADDR, *(v.ref for v in PortVar))
+StepKind = Literal["infra", "install", "frontend", "worker", "monitor", "node_cache"]
+_PLACEHOLDERS = (LEADER_ADDR, INFRA_ADDR, node_cache.NODE_MODEL, *(v.ref for v in PortVar))
 _PH_RE = re.compile("(" + "|".join(re.escape(p) for p in _PLACEHOLDERS) + ")")
 
 
@@ -155,9 +156,10 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
     env.update(recipe.engine.env)
     env.update(recipe.engine.role(w.role).env)
     cache_root = f"{job_dir}/cache"
-    cache = "\n".join(
-        f'export {var}={shell_word(cache_root)}/"$(hostname)"/{var.lower()}' for var in PROFILES[recipe.profile].per_node_cache_vars
-    )
+    cache = "\n".join([
+        *(f'export {var}={shell_word(cache_root)}/"$(hostname)"/{var.lower()}' for var in PROFILES[recipe.profile].per_node_cache_vars),
+        *node_cache.serve_lines(recipe, job_dir, w.name),
+    ])
     setup = "\n".join(f"source {shell_word(s)}" for s in recipe.setup_scripts) or ":"
     cases = []
     for c in cmds:
@@ -306,6 +308,13 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
         )
         steps.append(Step(name="infra", kind="infra", node=fe_node, script="scripts/infra.sh", startup_timeout_s=60))
 
+    if node_cache.spec(recipe):
+        files[node_cache.SCRIPT] = fill(template("node_cache.sh"), results=f"{job_dir}/{node_cache.RESULTS_DIR}",
+                                        command=shell_join(node_cache.step_argv(recipe, job_dir)))
+        for node in node_cache.cache_nodes(plan):
+            steps.append(Step(name=f"node-cache.node{node}", kind="node_cache", node=node, script=node_cache.SCRIPT,
+                              startup_timeout_s=node_cache.STEP_TIMEOUT_S))
+
     if recipe.engine.dynamo_install:
         files["scripts/install.sh"] = install_script(recipe)
         for node in range(plan.total_nodes):
@@ -329,9 +338,10 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
 
     files[IDENTITY_PROBE] = identity_probe_source()
     files[PORTS_SCRIPT] = resources.files("inferx_slurm").joinpath("runtime", "ports.py").read_text()
+    engine = node_cache.engine_recipe(recipe)  # with the node cache on, engines read their node's copy
     for w in plan.workers:
-        cmds = node_commands(recipe, plan, w)
-        files[f"scripts/{w.name}.sh"] = worker_script(recipe, plan, w, cmds, job_dir)
+        cmds = node_commands(engine, plan, w)
+        files[f"scripts/{w.name}.sh"] = worker_script(engine, plan, w, cmds, job_dir)
         for c in cmds:
             steps.append(
                 Step(
@@ -376,6 +386,7 @@ def container_mounts(recipe: Recipe, job_dir: str) -> list[str]:
     paths = [job_dir]
     if recipe.model.stage_dir:
         paths.append(recipe.model.stage_dir)
+    paths += node_cache.mounts(recipe)
     paths += [str(PurePosixPath(s).parent) for s in recipe.setup_scripts]
     mounts = [f"{p}:{p}" for p in dict.fromkeys(paths)]
     return mounts + [m for m in recipe.container.mounts if m not in mounts]
@@ -414,4 +425,6 @@ def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Option
     argv += ["bash", f"{job_dir}/{step.script}"]
     if step.kind == "worker":
         argv.append(str(step.node_rank))
+    elif step.kind == "node_cache":
+        argv.append(str(step.node))
     return argv

@@ -28,6 +28,7 @@ from inferx_slurm.planning.placement import Plan, format_plan, plan_recipe
 from inferx_slurm.recipe.sections import ContainerRuntime
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.engines.common import http_port
+from inferx_slurm.job import node_cache
 from inferx_slurm.job.render import COPIED_AS_IS, RenderedJob, render, shell_join, srun_argv
 from inferx_slurm.recipe.site import settings_lines
 
@@ -82,7 +83,7 @@ def interpreter_line(recipe: Recipe) -> str:
 def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = None) -> str:
     """Everything `launch` would submit and run, with nothing written or submitted."""
     settings = settings_lines(recipe)  # as the user wrote them, before staging rewrites the model's path
-    recipe, engine = dry_run_staged(recipe), (dry_run_staged(engine) if engine is not None else None)
+    source, recipe, engine = recipe, dry_run_staged(recipe), (dry_run_staged(engine) if engine is not None else None)
     plan = plan_recipe(recipe)
     from inferx_slurm.planning.kv_layout import require_kv_layout
 
@@ -91,6 +92,8 @@ def dry_run_text(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = N
     job = render(engine or recipe, job_dir, plan)
     out = [f"# inferx-slurm launch --dry-run: {recipe.name} ({plan.topology})", "", format_plan(plan), ""]
     out += ["# settings (recipe > site > default):", *(f"#   {line}" for line in settings), ""]
+    weights = node_cache.where_lines(source, recipe, plan)
+    out += [*(f"# {line}" for line in weights), ""] if weights else []
     out += [interpreter_line(recipe), ""]
     out += ["# ---- sbatch script (submitted through submitit) ----", sbatch_script(recipe, plan, f"{job_dir}/submitit")]
     out += [

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from inferx_slurm.recipe.node_cache import NodeCacheSpec
 from inferx_slurm.recipe.topology import ROLES, Topology
 
 
@@ -74,6 +75,16 @@ class ModelSpec(Strict):
     memory: Optional[ModelMemory] = Field(
         None, description="where the checkpoint's bytes are, for the memory planner when the checkpoint is not local"
     )
+    node_cache: Optional[NodeCacheSpec] = Field(
+        None, description="copy the staged checkpoint onto every node's local disk at job start and serve that copy"
+    )
+
+    @model_validator(mode="after")
+    def _cache_needs_stage(self) -> "ModelSpec":
+        if self.node_cache is not None and self.node_cache.on and not self.stage_dir:
+            raise ValueError("node_cache copies the staged checkpoint onto each node: set model.stage_dir too "
+                             "(or model.node_cache.mode: off)")
+        return self
 
     @property
     def name(self) -> str:

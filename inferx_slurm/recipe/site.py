@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from inferx_slurm.errors import RecipeError
+from inferx_slurm.recipe.node_cache import NodeCacheSpec
 
 ENV_SITE = "INFERX_SITE"
 OFF = "none"
@@ -48,6 +49,7 @@ class SiteContainer(_SiteSection):
 
 class SiteModel(_SiteSection):
     stage_dir: Optional[str] = Field(None, description="shared dir models are staged into before serving")
+    node_cache: Optional[NodeCacheSpec] = Field(None, description="node-local weight cache every job copies the staged model into")
 
 
 class SiteFrontend(_SiteSection):

@@ -21,7 +21,7 @@ from inferx_slurm.planning.ports import PortVar, ports_file
 from inferx_slurm.recipe.sections import Discovery
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.job.render import RenderedJob, srun_argv
-from inferx_slurm.runtime import metrics, nodes, readiness
+from inferx_slurm.runtime import metrics, node_cache_serve, nodes, readiness
 from inferx_slurm.runtime.accounting import served_requests
 from inferx_slurm.runtime.energy import point_power
 from inferx_slurm.runtime.gpumon import gpu_metrics
@@ -254,11 +254,30 @@ class Driver:
             raise _FaultRaised(Fault("cancelled", None, f"run cancelled by {self._cancel}."))
 
     def _start_engines(self) -> None:
+        self._launch("node_cache")  # every node copies the weights while Dynamo installs
         self._install()
+        self._serve_weights()
         self._launch("frontend")
         self._launch("worker")
         self._launch("monitor")
         self.event("engines started", steps=len(self.steps))
+
+    def _serve_weights(self) -> None:
+        """With model.node_cache: wait for every node's copy, then tell each engine where its weights are."""
+        steps = [s for s in self.steps if s.step.kind == "node_cache"]
+        if not steps:
+            return
+        started = time.time()
+        node_cache_serve.await_steps(steps, self._watch_cancel)
+        self.steps = [s for s in self.steps if s not in steps]  # done: their exits are not faults of the deployment
+        settled = node_cache_serve.settle(self.dir, self.plan, steps, self.recipe.model.path)
+        if settled.failed:
+            step, why = settled.failed
+            raise _FaultRaised(Fault("node_cache", step, why, host=step.host))
+        for warning in settled.warnings:
+            self.event("node cache warning", warning=warning)
+        node_cache_serve.write_env(self.dir, settled)
+        self.event("weights ready", seconds=round(time.time() - started, 2), nodes=settled.summary())
 
     def _wait_ready(self) -> None:
         # An engine's own server lists the model once its one worker is up: nothing to count.
