@@ -107,7 +107,7 @@ def test_1p1d_mocker_end_to_end(cluster, tmp_path):
         assert first["nvml"] is False and first["host"] == host
     status = json.loads((d / "status.json").read_text())
     assert status["phase"] == "done" and [e["event"] for e in status["events"]][-1] == "done"
-    handle._wait_slurm_end(15)
+    handle.wait_slurm_end(15)
     assert handle.slurm_state() == "COMPLETED"
     assert squeue_empty(cluster.env)
     out = subprocess.run([sys.executable, "-m", "inferx_slurm", "results", str(d)], capture_output=True, text=True, check=True).stdout
@@ -143,7 +143,7 @@ def test_2p1d_with_multi_node_decode_and_etcd_nats(cluster, tmp_path):
                  *(ports[w][k] for w in ("prefill-0.n0", "prefill-1.n0", "decode-0.n0", "decode-0.n1")
                    for k in ("INFERX_SYSTEM_PORT", "INFERX_KV_SIDE_CHANNEL_PORT"))]
     assert len(set(listeners)) == len(listeners), ports
-    handle._wait_slurm_end(15)
+    handle.wait_slurm_end(15)
     assert handle.slurm_state() == "COMPLETED"
 
 

@@ -85,7 +85,7 @@ def finish(handle, t_fault, env):
     """Wait for the job to end; return (seconds from fault to job end, status doc)."""
     with pytest.raises(RunError) as e:
         handle.wait(timeout=120, poll_s=0.2)
-    handle._wait_slurm_end(30)
+    handle.wait_slurm_end(30)
     t_end = time.time()
     st = json.loads((handle.results_dir / "status.json").read_text())
     assert handle.slurm_state() in {"FAILED", "CANCELLED", "COMPLETING"}, handle.slurm_state()

@@ -39,7 +39,7 @@ def default_results_dir(recipe: Recipe, root: str | Path = "results") -> Path:
     return Path(root).resolve() / f"{recipe.name}-{stamp}"
 
 
-def _fresh_dir(path: Path) -> Path:
+def fresh_results_dir(path: Path) -> Path:
     # Results are never overwritten: a taken name gets a numbered sibling.
     candidate, n = path, 1
     while candidate.exists() and any(candidate.iterdir()):
@@ -52,7 +52,7 @@ def _fresh_dir(path: Path) -> Path:
 def prepare(recipe: Recipe, results_dir: Path, engine: Optional[Recipe] = None) -> tuple[Path, Plan, RenderedJob]:
     """`engine`: the recipe the engines start from when it serves more points than this one's
     (a sweep's shared engine start); the benchmark is always this recipe's."""
-    results_dir = _fresh_dir(results_dir.resolve())
+    results_dir = fresh_results_dir(results_dir.resolve())
     plan = plan_recipe(recipe)
     job = render(engine or recipe, str(results_dir), plan)
     for rel, text in job.files.items():
@@ -162,7 +162,7 @@ class JobHandle:
             if st["slurm_state"] in ENDED_STATES or st.get("phase") in ("done", "failed"):
                 if st.get("phase") in ("done", "failed") and st["slurm_state"] not in ENDED_STATES and not self.shared:
                     # The driver has finished its work; give Slurm a moment to record the end.
-                    self._wait_slurm_end(10)
+                    self.wait_slurm_end(10)
                     st = self.status()
                 break
             if deadline and time.time() > deadline:
@@ -173,7 +173,7 @@ class JobHandle:
         diag = st.get("diagnosis") or f"job {self.job_id} ended {st['slurm_state']} before the driver finished (phase {st.get('phase')}); see {self.results_dir}/submitit"
         raise RunError(diag, self)
 
-    def _wait_slurm_end(self, seconds: float) -> None:
+    def wait_slurm_end(self, seconds: float) -> None:
         end = time.time() + seconds
         while time.time() < end and self.slurm_state() not in ENDED_STATES:
             time.sleep(0.5)
@@ -273,7 +273,7 @@ def submit_many(
             folder = results_dir.parent / f"submitit-{params['job_name']}-{results_dir.name}"
         executor = submitit.SlurmExecutor(folder=folder, python=node_python(recipe))
         executor.update_parameters(**params)
-        with _environ(env):
+        with submit_environ(env):
             try:
                 if len(items) == 1:
                     jobs = [executor.submit(run_job, str(results_dir))]
@@ -292,7 +292,7 @@ def submit_many(
 
 
 @contextlib.contextmanager
-def _environ(env: dict[str, str]) -> Iterator[None]:
+def submit_environ(env: dict[str, str]) -> Iterator[None]:
     # sbatch reads SLURM_CONF and friends from the environment of the submitting process.
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

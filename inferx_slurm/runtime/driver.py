@@ -84,12 +84,12 @@ class Driver:
     def run(self) -> dict[str, Any]:
         # SIGUSR2 is submitit's warning that the time limit is near (--signal=USR2@90).
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
-            signal.signal(sig, self._on_signal)
+            signal.signal(sig, self.on_signal)
         try:
             self.bring_up()
             self.measure()
-        except _FaultRaised as f:
-            return self._fail(f.fault)
+        except FaultRaised as f:
+            return self.fail(f.fault)
         except Exception as e:  # a bug here must still leave a diagnosis and no steps behind
             return self.fail_internal(e)
         finally:
@@ -136,13 +136,13 @@ class Driver:
             print(f"[inferx] provenance not recorded: {e!r}", flush=True)
 
     def fail_internal(self, e: Exception) -> dict[str, Any]:
-        return self._fail(Fault("internal", None, f"driver error: {e!r}; see the job's submitit dir for the traceback."))
+        return self.fail(Fault("internal", None, f"driver error: {e!r}; see the job's submitit dir for the traceback."))
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
+    def on_signal(self, signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
         self._cancel = f"{name} (the Slurm time limit is near: raise slurm.time)" if signum == signal.SIGUSR2 else name
 
-    def _fail(self, fault: Fault) -> dict[str, Any]:
+    def fail(self, fault: Fault) -> dict[str, Any]:
         self._stop_client()
         # Steps on a dead node cannot answer a SIGTERM; do not wait for them.
         stop_all(self.steps, dead_hosts={fault.host} if fault.kind == "node_down" else set())
@@ -158,7 +158,7 @@ class Driver:
     def _resolve_nodes(self) -> None:
         self.hosts = nodes.allocation_hosts()
         if len(self.hosts) < self.plan.total_nodes:
-            raise _FaultRaised(Fault("infra", None, f"allocation has {len(self.hosts)} nodes, plan needs {self.plan.total_nodes}"))
+            raise FaultRaised(Fault("infra", None, f"allocation has {len(self.hosts)} nodes, plan needs {self.plan.total_nodes}"))
         self.hosts = self.hosts[: self.plan.total_nodes]
         self.addrs = nodes.node_addresses(self.hosts)
         end = nodes.job_end_time(os.environ.get("SLURM_JOB_ID", ""))
@@ -220,7 +220,7 @@ class Driver:
             self._watch()
             if time.time() > deadline:
                 infra = next(s for s in self.steps if s.step.kind == "infra")
-                raise _FaultRaised(Fault("infra", infra, "etcd/NATS did not open their ports within 60 s.", host=infra.host))
+                raise FaultRaised(Fault("infra", infra, "etcd/NATS did not open their ports within 60 s.", host=infra.host))
             time.sleep(0.2)
         self.event("infra ready")
 
@@ -238,11 +238,11 @@ class Driver:
                 rc = s.poll()
                 if rc is None:
                     if time.time() - started > s.step.startup_timeout_s:
-                        raise _FaultRaised(Fault("install", s, f"the Dynamo install did not finish within {s.step.startup_timeout_s:.0f} s.",
+                        raise FaultRaised(Fault("install", s, f"the Dynamo install did not finish within {s.step.startup_timeout_s:.0f} s.",
                                                  host=s.host))
                     continue
                 if rc != 0:
-                    raise _FaultRaised(Fault("install", s, f"the Dynamo install (engine.dynamo_install: "
+                    raise FaultRaised(Fault("install", s, f"the Dynamo install (engine.dynamo_install: "
                                              f"{self.recipe.engine.dynamo_install}) failed on {s.host}.", host=s.host))
                 pending.remove(s)
                 self.steps.remove(s)  # done: its exit is not a fault of the deployment
@@ -251,7 +251,7 @@ class Driver:
 
     def _watch_cancel(self) -> None:
         if self._cancel:
-            raise _FaultRaised(Fault("cancelled", None, f"run cancelled by {self._cancel}."))
+            raise FaultRaised(Fault("cancelled", None, f"run cancelled by {self._cancel}."))
 
     def _start_engines(self) -> None:
         self._launch("node_cache")  # every node copies the weights while Dynamo installs
@@ -273,7 +273,7 @@ class Driver:
         settled = node_cache_serve.settle(self.dir, self.plan, steps, self.recipe.model.path)
         if settled.failed:
             step, why = settled.failed
-            raise _FaultRaised(Fault("node_cache", step, why, host=step.host))
+            raise FaultRaised(Fault("node_cache", step, why, host=step.host))
         for warning in settled.warnings:
             self.event("node cache warning", warning=warning)
         node_cache_serve.write_env(self.dir, settled)
@@ -299,7 +299,7 @@ class Driver:
                     have["agg"] = have.pop("decode")
             models = readiness.served_models(url) if url else []
             if self.own_server and self.recipe.model.name not in models and time.time() - started > timeouts["agg"]:
-                raise _FaultRaised(Fault("not_ready", next((s for s in self.steps if s.step.kind == "worker"), None),
+                raise FaultRaised(Fault("not_ready", next((s for s in self.steps if s.step.kind == "worker"), None),
                                          f"the engine's server did not list {self.recipe.model.name} within {timeouts['agg']:.0f} s."))
             if self.recipe.model.name in models and all(have[r] >= want[r] for r in want):
                 self.event("ready", registered=have, seconds=round(time.time() - started, 2))
@@ -309,7 +309,7 @@ class Driver:
             for role, n in want.items():
                 if have[role] < n and waited > timeouts[role]:
                     workers = [s for s in self.steps if s.step.role == role and s.step.leader]
-                    raise _FaultRaised(
+                    raise FaultRaised(
                         Fault("not_ready", workers[0] if workers else None,
                               f"{role} workers did not become ready within {timeouts[role]:.0f} s: "
                               f"{have[role]} of {n} registered (model listed: {self.recipe.model.name in models}).")
@@ -318,16 +318,16 @@ class Driver:
 
     def _watch(self) -> None:
         if self._cancel:
-            raise _FaultRaised(Fault("cancelled", None, f"run cancelled by {self._cancel}."))
+            raise FaultRaised(Fault("cancelled", None, f"run cancelled by {self._cancel}."))
         if self.stop_at and time.time() >= self.stop_at:
-            raise _FaultRaised(Fault("time_limit", None, f"the job's time limit is {self.recipe.slurm.stop_before_limit_s:.0f} s away: "
+            raise FaultRaised(Fault("time_limit", None, f"the job's time limit is {self.recipe.slurm.stop_before_limit_s:.0f} s away: "
                                      f"stopped cleanly with partial results; raise slurm.time ({self.recipe.slurm.time}) or run fewer points."))
         fault = check_exits(self.steps)
         if fault is None and self.node_watch and time.time() - self._last_node_check > NODE_CHECK_S:
             self._last_node_check = time.time()
             fault = self.node_watch.check(self.steps)
         if fault:
-            raise _FaultRaised(fault)
+            raise FaultRaised(fault)
 
     def _benchmark(self) -> None:
         b = self.recipe.benchmark
@@ -342,7 +342,7 @@ class Driver:
                 self._run_client(argv, out, b.requests_for(conc) + b.warmup_requests)
                 export = out / AIPERF_EXPORT
                 if not export.exists():
-                    raise _FaultRaised(Fault("client", None, f"benchmark client wrote no {AIPERF_EXPORT} for {scen.name} c{conc}; see {out}/client.log"))
+                    raise FaultRaised(Fault("client", None, f"benchmark client wrote no {AIPERF_EXPORT} for {scen.name} c{conc}; see {out}/client.log"))
                 doc = read_json(export)
                 row = point_row(doc, read_records(out / RECORDS_EXPORT), isl=scen.isl, osl=scen.osl, concurrency=conc,
                                 prefill_gpus=self.plan.prefill_gpus, decode_gpus=self.plan.decode_gpus,
@@ -406,18 +406,18 @@ class Driver:
                 if now[0] == base[0] and now[1] == base[1]:
                     # The client is still starting (tokenizer, dataset): its own, longer bound.
                     if time.time() - started_at > b.client_startup_timeout_s:
-                        raise _FaultRaised(Fault("stalled", None, f"benchmark client sent no request within {b.client_startup_timeout_s:.0f} s; see {out}/client.log"))
+                        raise FaultRaised(Fault("stalled", None, f"benchmark client sent no request within {b.client_startup_timeout_s:.0f} s; see {out}/client.log"))
                 elif now[2] - base[2] >= expected:
                     pass  # every request is answered; the client is writing its exports
                 elif time.time() - last_change > b.stall_timeout_s:
-                    raise _FaultRaised(Fault("stalled", self._suspect(), f"benchmark made no progress for {b.stall_timeout_s:.0f} s (frontend token and request counters unchanged)."))
+                    raise FaultRaised(Fault("stalled", self._suspect(), f"benchmark made no progress for {b.stall_timeout_s:.0f} s (frontend token and request counters unchanged)."))
             time.sleep(POLL_S)
         # A cancel kills the client too; report the cancel, not the client's exit.
         self._watch()
         rc = self._client.returncode
         self._client = None
         if rc != 0:
-            raise _FaultRaised(Fault("client", None, f"benchmark client exited with code {rc}; see {out}/client.log"))
+            raise FaultRaised(Fault("client", None, f"benchmark client exited with code {rc}; see {out}/client.log"))
 
     def _suspect(self) -> Optional[RunningStep]:
         """The decode leader is where a stuck request is waiting; point the diagnosis there."""
@@ -433,7 +433,7 @@ class Driver:
         self._client = None
 
 
-class _FaultRaised(Exception):
+class FaultRaised(Exception):
     def __init__(self, fault: Fault):
         super().__init__(fault.message)
         self.fault = fault

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from inferx_slurm.fsutil import atomic_write, read_json
-from inferx_slurm.runtime.driver import Driver, RunFailed, _FaultRaised
+from inferx_slurm.runtime.driver import Driver, RunFailed, FaultRaised
 
 # Faults after which no later deployment can run in this allocation.
 ENDS_ALLOCATION = {"cancelled", "time_limit", "node_down"}
@@ -28,14 +28,14 @@ class PackRunner:
         self.active: Optional[Driver] = None
         self.stop_reason: Optional[str] = None
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
+    def on_signal(self, signum: int, frame: Any) -> None:
         if self.active is not None:
-            self.active._on_signal(signum, frame)
+            self.active.on_signal(signum, frame)
         self.stop_reason = f"the allocation was stopped ({signal.Signals(signum).name}) before this deployment ran"
 
     def run(self) -> dict[str, Any]:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
-            signal.signal(sig, self._on_signal)
+            signal.signal(sig, self.on_signal)
         owner: Optional[Driver] = None  # the deployment whose engines are up
         owner_start: Optional[int] = None
         outcome: dict[str, str] = {}
@@ -58,9 +58,9 @@ class PackRunner:
                             drv.bring_up()
                             owner, owner_start = drv, ent["start"]
                         drv.measure()
-                    except _FaultRaised as f:
+                    except FaultRaised as f:
                         owner = None  # _fail stops the engines, shared or not
-                        drv._fail(f.fault)
+                        drv.fail(f.fault)
                     except Exception as e:  # a bug must still leave a diagnosis and no steps behind
                         owner = None
                         drv.fail_internal(e)

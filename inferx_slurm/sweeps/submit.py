@@ -18,7 +18,7 @@ from typing import Optional
 from inferx_slurm.errors import RecipeError, SubmitError
 from inferx_slurm.job.sbatch import executor_params
 from inferx_slurm.fsutil import atomic_write_json
-from inferx_slurm.job.submit import JobHandle, _environ, _fresh_dir, import_image_for, prepare, require_sbatch, stage_model_for, submit_many
+from inferx_slurm.job.submit import JobHandle, fresh_results_dir, submit_environ, import_image_for, prepare, require_sbatch, stage_model_for, submit_many
 from inferx_slurm.sweeps.packing import EngineStart, Pack, check_time, pack
 from inferx_slurm.planning.placement import plan_recipe
 from inferx_slurm.recipe.schema import Recipe
@@ -113,9 +113,9 @@ def submit_sweep(
     if resume is not None:
         root = Path(resume).resolve()
     elif root is None:
-        root = _fresh_dir(Path("results").resolve() / f"{recipe.name}-{datetime.now():%Y%m%d-%H%M%S}")
+        root = fresh_results_dir(Path("results").resolve() / f"{recipe.name}-{datetime.now():%Y%m%d-%H%M%S}")
     else:
-        root = _fresh_dir(root.resolve())
+        root = fresh_results_dir(root.resolve())
     write_manifest(root, recipe, deployments, m.value)
     if m is not SweepMode.packed:
         todo = [(r, d) for d in deployments if (r := remaining(d, set(done))) is not None]
@@ -149,7 +149,7 @@ def _submit_pack(recipe: Recipe, p: Pack, root: Path, env: dict[str, str]) -> li
 
     executor = submitit.SlurmExecutor(folder=folder, python=node_python(shape))
     executor.update_parameters(**params)
-    with _environ(env):
+    with submit_environ(env):
         try:
             job = executor.submit(run_pack, str(manifest))
         except subprocess.CalledProcessError as e:
