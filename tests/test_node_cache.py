@@ -20,7 +20,7 @@ from inferx_slurm.errors import RecipeError
 from inferx_slurm.job.node_cache import NODE_MODEL, env_file
 from inferx_slurm.job.render import container_mounts, render, srun_argv
 from inferx_slurm.planning.placement import plan_recipe
-from inferx_slurm.recipe.node_cache import cap_bytes, mount_root, parse_size
+from inferx_slurm.recipe.node_cache import cap_bytes, format_bytes, mount_root, parse_size
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.runtime.node_cache_serve import settle, write_env
 from inferx_slurm.runtime.node_cache_step import NodeOutcome
@@ -289,6 +289,46 @@ def test_a_disk_that_fills_up_mid_copy_is_a_clear_error_and_nothing_is_served(tm
     name = entry_name(staged, read_manifest(staged))
     assert not (cache / name).exists() and not index.partial_path(cache, name).exists()
     assert not any(".evicting-" in p.name for p in cache.iterdir())
+
+
+def test_a_failing_disk_falls_back_or_fails_when_required(tmp_path):
+    staged = staged_model(tmp_path)
+    (tmp_path / "not-a-dir").write_text("a file where the cache's parent should be")
+    bad = tmp_path / "not-a-dir" / "cache"
+    with pytest.raises(NodeCacheError) as e:
+        ensure_local(staged, bad, cap="10M", pid=os.getpid())
+    assert e.value.problem is NodeCacheProblem.unavailable and "model.node_cache.dir" in str(e.value)
+    out = tmp_path / "out"
+    for mode, rc in (("optional", 0), ("required", 1)):
+        p = _step(staged, bad, out, mode=mode)
+        log = p.communicate(timeout=60)[0]
+        assert p.returncode == rc, log
+        assert ("FAILED: " if rc else "falling back to the shared copy: ") + "cannot create the node cache" in log
+        assert NodeOutcome.model_validate_json((out / "node0.json").read_text()).problem == "unavailable"
+
+
+def test_model_cache_ls_and_prune_from_the_command_line(tmp_path):
+    staged = staged_model(tmp_path)
+    copy = ensure_local(staged, tmp_path / "cache" / "n1", cap="10M")
+    name, size = copy.name, format_bytes(copy.total_bytes)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "INFERX_SITE": "none"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "inferx_slurm", "model", "cache", *args], capture_output=True, text=True, env=env)
+
+    template = str(tmp_path / "cache" / "{node}")
+    ls = cli("ls", "--dir", template, "--node", "n1", "--node", "n2", "--json")
+    assert ls.returncode == 0, ls.stderr
+    docs = json.loads(ls.stdout)
+    assert [d["node"] for d in docs] == ["n1", "n2"] and not docs[1]["exists"]
+    assert [m["name"] for m in docs[0]["models"]] == [name] and docs[0]["models"][0]["complete"]
+    text = cli("ls", "--dir", template, "--node", "n1", "--cap", "5M").stdout
+    assert f"n1: {tmp_path / 'cache' / 'n1'}: {size} of cap 5M = 5.0 MB" in text and name in text
+    missing = cli("ls", "--dir", template)
+    assert missing.returncode == 2 and "--node" in missing.stderr
+    pruned = cli("prune", "--dir", template, "--node", "n1", "--model", name)
+    assert pruned.returncode == 0 and f"evicted 1 ({size}): {name}" in pruned.stdout
+    assert index.entries(tmp_path / "cache" / "n1") == []
 
 
 # -- where the engines read ------------------------------------------------------------------
