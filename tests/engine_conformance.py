@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -104,10 +105,15 @@ def commands_in_script(text: str) -> list[tuple[str, list[str]]]:
     return out
 
 
+# Ports a step takes on its node at start (frontend.http_port, placement.port_base: auto) are
+# shell variables in the rendered command; the parser sees a port number in their place.
+_PORT_VAR = re.compile(r"\$\{INFERX_[A-Z_]*PORT\}")
+
+
 def _sub_addrs(token: str) -> str:
     for k, v in _ADDRS.items():
         token = token.replace(k, v)
-    return token
+    return _PORT_VAR.sub("29500", token)
 
 
 def engine_commands(path: Path) -> list[EngineCommand]:

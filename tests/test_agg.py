@@ -69,12 +69,13 @@ def flag(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
-def test_own_server_renders_vllm_serve_and_no_frontend():
+def test_own_server_renders_vllm_api_server_and_no_frontend():
     r = seed("h200/minimax-m3-tep8-1k1k.yaml")
     argv = argv_of(r)
     assert argv[1:6] == ["-m", "vllm.entrypoints.openai.api_server", "--model", r.model.path, "--served-model-name"]
     assert flag(argv, "--port") == "8000" and "--enable-expert-parallel" in argv
-    for absent in ("--disaggregation-mode", "--kv-transfer-config", "--model"):
+    assert argv.count("--model") == 1  # the server's own --model, not a derived one besides it
+    for absent in ("--disaggregation-mode", "--kv-transfer-config"):
         assert absent not in argv
     job = render(r, "/j")
     assert {s.kind for s in job.steps} == {"worker", "monitor"}

@@ -69,7 +69,7 @@ def test_disaggregated_1p1d_moves_kv_from_prefill_to_decode(cluster, tmp_path):
     assert "CPU KV cache size: 524,288 tokens" in (d / "logs" / "decode-0.n0.log").read_text()
     status = json.loads((d / "status.json").read_text())
     ready = next(e for e in status["events"] if e["event"] == "ready")
-    assert ready["registered"] == {"prefill": 1, "decode": 1}
+    assert ready["registered"]["prefill"] == 1 and ready["registered"]["decode"] == 1, ready
 
 
 def test_engine_own_server_with_ngram_speculation(cluster, tmp_path):

@@ -7,11 +7,11 @@ import hashlib
 import os
 import secrets
 import shutil
-import socket
 import stat
 from pathlib import Path
 
 from inferx_slurm.localdev.layout import CLUSTER_NAME, CONTROLLER_HOSTNAME, MEM_PER_CPU_MB, PARTITION, ClusterError, State, munge_socket, node_names
+from inferx_slurm.runtime.ports import bindable
 
 # Below the kernel's ephemeral range (32768+) so outgoing connections never
 # squat on them, and away from Slurm's defaults (6817-6819).
@@ -25,13 +25,7 @@ _NVIDIA_MAJOR = 195
 
 
 def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
+    return bindable(port)  # the same test the job's steps apply to their own ports
 
 
 def pick_ports(sd: Path, nodes: int, previous: dict[str, int]) -> dict[str, int]:
