@@ -95,7 +95,38 @@ def test_engine_own_server_with_ngram_speculation(cluster, tmp_path):
     assert row["acceptance_length"] is None
 
 
+def _kill_leftovers(run_dir: Path) -> list[int]:
+    """SIGKILL every process still running with this run's dir in its environment (the worker
+    scripts export cache dirs under it, and children inherit them); returns their pids."""
+    killed = []
+    needle = str(run_dir).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect: SIGKILL of dynamo.vllm's main process leaves its EngineCore and Worker children "
+    "running, so on a cluster whose proctrack follows the process tree (the local cluster's "
+    "linuxproc) the srun step never ends and the driver sees no exit; the frontend then fails the "
+    "remaining requests fast and the run ends 'done' with them counted as failed. Detecting a dead "
+    "worker by its health endpoint or registration, killing the step's process group, and marking "
+    "such a point invalid fix it; this test then passes and the marker must go."))
 def test_decode_engine_killed_mid_benchmark(cluster, tmp_path):
+    try:
+        _decode_engine_killed_mid_benchmark(tmp_path)
+    finally:
+        _kill_leftovers(tmp_path / "run")
+
+
+def _decode_engine_killed_mid_benchmark(tmp_path):
     r = Recipe.load(DISAGG).with_overrides({
         "name": "local-vllm-1p1d-kill", "benchmark.min_requests": 400, "benchmark.scenarios": [{"isl": 300, "osl": 64}],
     })
