@@ -117,34 +117,38 @@ def main() -> int:
         nbytes = make_checkpoint(src, args.shards, args.shard_mib)
         gb = nbytes / 1e9
         print(f"checkpoint: {args.shards} shards x {args.shard_mib} MiB + 5 small files = {gb:.2f} GB, in {work}")
-        run(["cat", *map(str, sorted(src.iterdir()))], stdout=subprocess.DEVNULL)  # every method reads it warm
 
         samples: dict[str, list[float]] = {}
 
         def add(label: str, seconds: float) -> None:
             samples.setdefault(label, []).append(seconds)
 
-        def measure(label: str, fn) -> None:
-            # Each method starts with nothing dirty: no method pays for another's writeback.
+        def warm(tree: Path) -> None:
+            run(["cat", *map(str, sorted(p for p in tree.rglob("*") if p.is_file()))], stdout=subprocess.DEVNULL)
+
+        def measure(label: str, fn, source: Path, made: list[Path]) -> None:
+            # Each method starts alike: its source in the page cache, nothing dirty (so it pays for
+            # no other's writeback); what it made is deleted at once, so its pages evict nothing.
+            warm(source)
             run(["sync"])
             add(label, timed(fn))
+            for x in made:
+                shutil.rmtree(x)
 
         # -- shared staging against cp -r -------------------------------------------------------
         for i in range(args.repeat):
             a, b, c, d = (work / f"{k}{i}" for k in ("cp", "cps", "stage", "nofsync"))
-            measure("cp -r", lambda: run(["cp", "-r", str(src), str(a)]))
-            measure("cp -r + sync", lambda: (run(["cp", "-r", str(src), str(b)]), run(["sync", "-f", str(b)])))
-            measure("stage_model", lambda: stage_model(src, c, workers=args.workers))
-            measure("stage_model, no flush", lambda: stage_unflushed(src, d, args.workers))
-            for x in (a, b, c, d):
-                shutil.rmtree(x)
+            measure("cp -r", lambda: run(["cp", "-r", str(src), str(a)]), src, [a])
+            measure("cp -r + sync", lambda: (run(["cp", "-r", str(src), str(b)]), run(["sync", "-f", str(b)])), src, [b])
+            measure("stage_model", lambda: stage_model(src, c, workers=args.workers), src, [c])
+            measure("stage_model, no flush", lambda: stage_unflushed(src, d, args.workers), src, [d])
 
         # -- fan-out to every node, then a second job ---------------------------------------------
         staged = stage_model(src, work / "stage", workers=args.workers).path
-        run(["cat", *map(str, sorted(p for p in staged.iterdir() if p.is_file()))], stdout=subprocess.DEVNULL)
+        shutil.rmtree(src)
         cache = work / "cache"
         for i in range(args.repeat):
-            shutil.rmtree(cache, ignore_errors=True)
+            warm(staged)
             run(["sync"])
             wall, copy, docs = fan_out(env, staged, cache, work / "out", nodes, args.workers)
             add(f"fan-out, {nodes} nodes (copy phase)", copy)
@@ -163,9 +167,7 @@ def main() -> int:
                     run(["sync", "-f", str(work)])
 
             for then_sync in (False, True):
-                measure(f"{nodes} x cp -r at once" + (" + sync" if then_sync else ""), lambda: copies(then_sync))
-                for x in dirs:
-                    shutil.rmtree(x)
+                measure(f"{nodes} x cp -r at once" + (" + sync" if then_sync else ""), lambda: copies(then_sync), staged, dirs)
 
         med = {k: statistics.median(v) for k, v in samples.items()}
         print(f"\nmedian of {args.repeat} (each method writes the {gb:.2f} GB checkpoint once per copy):")

@@ -11,17 +11,19 @@ import json
 import random
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from inferx_slurm import submit
 from inferx_slurm.job.submit import RunError
 from inferx_slurm.sharedfs.node_cache import prune
 from inferx_slurm.sharedfs.stage_manifest import MANIFEST_NAME, READY_NAME, is_staged
 
-from conftest import local_recipe
+from conftest import LOCAL_RECIPES, local_recipe
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 HOSTS = ("node1", "node2", "node3")
@@ -156,3 +158,30 @@ def test_a_node_too_small_sends_its_role_to_the_shared_copy_or_fails_the_job_whe
     assert "node cache on node3:" in status["diagnosis"] and "model.node_cache.cap" in status["diagnosis"]
     assert "Where: node_cache (step node-cache.node2), plan node 2, host node3" in status["diagnosis"]
     assert "engines started" not in [e["event"] for e in status["events"]]
+
+
+def test_a_packed_sweep_copies_once_per_node(model, tmp_path):
+    """Two deployments with their own engine starts in one allocation: the second start finds
+    every node's copy complete."""
+    doc = yaml.safe_load((LOCAL_RECIPES / "mocker-sweep.yaml").read_text())
+    n = next(PORTS)
+    doc["model"].update({"path": str(model), "stage_dir": str(tmp_path / "stage"),
+                         "node_cache": {"dir": str(tmp_path / "cache" / "{node}"), "cap": "1G"}})
+    doc["frontend"]["http_port"] = 18300 + n
+    doc["placement"]["port_base"] = 31000 + 100 * n
+    doc["benchmark"].update({"concurrency": [1], "min_requests": 4})
+    doc["sweep"]["mode"] = "packed"
+    recipe = tmp_path / "sweep.yaml"
+    recipe.write_text(yaml.safe_dump(doc))
+    out = subprocess.run([sys.executable, "-m", "inferx_slurm", "launch", str(recipe), "--wait", "--results-dir",
+                          str(tmp_path / "res")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = sorted((p.parent for p in (tmp_path / "res").glob("*/summary.json")),
+                  key=lambda r: min(o["started"] for o in outcomes(r).values()))
+    assert len(runs) == 2
+    assert len({json.loads((r / "job.json").read_text())["job_id"] for r in runs}) == 1  # one allocation
+    first, second = outcomes(runs[0]), outcomes(runs[1])
+    assert sorted(first) == sorted(second) == ["node1", "node2"]
+    assert all(o["bytes_copied"] == o["total_bytes"] > 0 and not o["reused"] for o in first.values())
+    assert all(o["bytes_copied"] == 0 and o["reused"] for o in second.values())
+    assert read_path(runs[1], "decode-0.n0") == first["node2"]["path"]

@@ -268,7 +268,7 @@ class Driver:
         if not steps:
             return
         started = time.time()
-        node_cache_serve.await_steps(steps, self._watch_cancel)
+        node_cache_serve.await_steps(steps, self._watch)  # a cancel, the time limit, a dead node
         self.steps = [s for s in self.steps if s not in steps]  # done: their exits are not faults of the deployment
         settled = node_cache_serve.settle(self.dir, self.plan, steps, self.recipe.model.path)
         if settled.failed:

@@ -55,8 +55,9 @@ class Fault:
 
 def check_exits(steps: list[RunningStep]) -> Optional[Fault]:
     for s in steps:
-        # A sampler that ends (no NVML on the node) is not a fault of the deployment.
-        if s.stopping or s.step.kind == "monitor":
+        # A sampler that ends (no NVML on the node) is not a fault of the deployment, nor is a
+        # node-cache copy ending: the driver reads its outcome.
+        if s.stopping or s.step.kind in ("monitor", "node_cache"):
             continue
         rc = s.poll()
         if rc is not None:
