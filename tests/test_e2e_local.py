@@ -33,6 +33,8 @@ def sacct_steps(job_id, env):
 def held(port):
     """Hold the port for the block's duration (unless another process holds it already)."""
     with socket.socket() as s:
+        # As servers bind: a closed connection's TIME_WAIT on the port must not stop us holding it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         with contextlib.suppress(OSError):
             s.bind(("0.0.0.0", port))
             s.listen()
