@@ -168,7 +168,7 @@ def test_a_packed_sweep_copies_once_per_node(model, tmp_path):
     doc["model"].update({"path": str(model), "stage_dir": str(tmp_path / "stage"),
                          "node_cache": {"dir": str(tmp_path / "cache" / "{node}"), "cap": "1G"}})
     doc["frontend"]["http_port"] = 18300 + n
-    doc["placement"]["port_base"] = 31000 + 100 * n
+    doc.setdefault("placement", {})["port_base"] = 31000 + 100 * n
     doc["benchmark"].update({"concurrency": [1], "min_requests": 4})
     doc["sweep"]["mode"] = "packed"
     recipe = tmp_path / "sweep.yaml"
