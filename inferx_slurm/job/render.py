@@ -18,6 +18,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict
 
 from inferx_slurm.engines.common import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags, node_commands, startup_timeout
+from inferx_slurm.job.paths import JobPaths
 from inferx_slurm.planning.placement import Plan, WorkerPlacement, plan_recipe
 from inferx_slurm.recipe.profiles import PROFILES
 from inferx_slurm.recipe.sections import Backend, ContainerRuntime, Discovery
@@ -96,7 +97,7 @@ def exports(env: dict[str, str]) -> str:
 def discovery_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
     fe = recipe.frontend
     if fe.discovery is Discovery.file:
-        return {"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": f"{job_dir}/discovery"}
+        return {"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": str(JobPaths(job_dir).discovery)}
     return {
         "ETCD_ENDPOINTS": f"http://{INFRA_ADDR}:{fe.etcd_port}",
         "NATS_SERVER": f"nats://{INFRA_ADDR}:{fe.nats_port}",
@@ -119,7 +120,7 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
     env = base_env(recipe, job_dir)
     env.update(recipe.engine.env)
     env.update(recipe.engine.role(w.role).env)
-    cache_root = f"{job_dir}/cache"
+    cache_root = str(JobPaths(job_dir).cache)
     cache = "\n".join(
         f'export {var}={shell_word(cache_root)}/"$(hostname)"/{var.lower()}' for var in PROFILES[recipe.profile].per_node_cache_vars
     )
@@ -141,7 +142,7 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
         template("worker.sh"),
         title=f"{w.name}: {w.parallel} over {w.gpus} GPUs on plan nodes {', '.join(map(str, w.nodes))}",
         script_name=f"{w.name}.sh",
-        nodes_env=shell_word(f"{job_dir}/nodes.env"),
+        nodes_env=shell_word(str(JobPaths(job_dir).nodes_env)),
         leader_node=str(w.leader),
         frontend_node=str(plan.frontend_node),
         env_exports=exports(env),
@@ -149,14 +150,14 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
         setup_sources=setup,
         worker=w.name,
         identity_check=identity_check(recipe, w.name, job_dir, w.role),
-        pid_dir=shell_word(f"{job_dir}/logs"),
+        pid_dir=shell_word(str(JobPaths(job_dir).logs)),
         cases="\n".join(cases),
     )
 
 
-IDENTITY_PROBE = "scripts/identity_probe.py"
+IDENTITY_PROBE = JobPaths.script_rel("identity_probe.py")
 # Standard library only (ctypes NVML), so any python3 on a compute node runs it.
-GPUMON_SCRIPT = "scripts/gpumon.py"
+GPUMON_SCRIPT = JobPaths.script_rel("gpumon.py")
 
 
 def preflight_needs(recipe: Recipe, role: str) -> list[str]:
@@ -185,7 +186,7 @@ def identity_check(recipe: Recipe, worker: str, job_dir: str, role: str = "decod
     argv = [recipe.engine.python, f"{job_dir}/{IDENTITY_PROBE}", "--backend", recipe.engine.backend.value,
             "--model", recipe.model.path, "--expect", json.dumps(recipe.expect.worker_checks(), sort_keys=True),
             "--require", ",".join(preflight_needs(recipe, role)), "--where", environment_name(recipe)]
-    out = shell_word(f"{job_dir}/provenance/{worker}") + '.n"$node_rank".json'
+    out = shell_word(str(JobPaths(job_dir).worker_report(worker))) + '.n"$node_rank".json'
     return f"{shell_join(argv)} --out {out}"
 
 
@@ -259,6 +260,8 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
     """Every script of the job and the srun steps that run them."""
     plan = plan or plan_recipe(recipe)
     job_dir = str(PurePosixPath(job_dir))
+    paths = JobPaths(job_dir)
+    script = JobPaths.script_rel
     files: dict[str, str] = {}
     steps: list[Step] = []
     fe_node = plan.frontend_node
@@ -266,38 +269,38 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
     # The engine's own server answers the clients itself: no frontend, no discovery.
     dynamo_front = recipe.frontend.server == "dynamo"
     if dynamo_front and recipe.frontend.discovery is Discovery.etcd_nats:
-        files["scripts/infra.sh"] = fill(
+        files[script("infra.sh")] = fill(
             template("infra.sh"),
             discovery=recipe.frontend.discovery.value,
-            nodes_env=shell_word(f"{job_dir}/nodes.env"),
+            nodes_env=shell_word(str(paths.nodes_env)),
             frontend_node=str(fe_node),
-            state_dir=shell_word(f"{job_dir}/infra"),
+            state_dir=shell_word(str(paths.infra)),
             body=infra_body(recipe),
         )
-        steps.append(Step(name="infra", kind="infra", node=fe_node, script="scripts/infra.sh", startup_timeout_s=60))
+        steps.append(Step(name="infra", kind="infra", node=fe_node, script=script("infra.sh"), startup_timeout_s=60))
 
     if recipe.engine.dynamo_install:
-        files["scripts/install.sh"] = install_script(recipe)
+        files[script("install.sh")] = install_script(recipe)
         for node in range(plan.total_nodes):
-            steps.append(Step(name=f"install.node{node}", kind="install", node=node, script="scripts/install.sh",
+            steps.append(Step(name=f"install.node{node}", kind="install", node=node, script=script("install.sh"),
                               startup_timeout_s=INSTALL_TIMEOUT_S))
 
     if dynamo_front:
-        files["scripts/frontend.sh"] = fill(
+        files[script("frontend.sh")] = fill(
             template("frontend.sh"),
             http_port=str(recipe.frontend.http_port),
-            nodes_env=shell_word(f"{job_dir}/nodes.env"),
+            nodes_env=shell_word(str(paths.nodes_env)),
             frontend_node=str(fe_node),
             env_exports=exports(base_env(recipe, job_dir)),
-            pid_dir=shell_word(f"{job_dir}/logs"),
+            pid_dir=shell_word(str(paths.logs)),
             command=shell_join(frontend_argv(recipe)),
         )
-        steps.append(Step(name="frontend", kind="frontend", node=fe_node, script="scripts/frontend.sh", startup_timeout_s=120))
+        steps.append(Step(name="frontend", kind="frontend", node=fe_node, script=script("frontend.sh"), startup_timeout_s=120))
 
     files[IDENTITY_PROBE] = identity_probe_source()
     for w in plan.workers:
         cmds = node_commands(recipe, plan, w)
-        files[f"scripts/{w.name}.sh"] = worker_script(recipe, plan, w, cmds, job_dir)
+        files[script(f"{w.name}.sh")] = worker_script(recipe, plan, w, cmds, job_dir)
         for c in cmds:
             steps.append(
                 Step(
@@ -308,7 +311,7 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
                     node=c.node,
                     node_rank=c.node_rank,
                     gpus=len(w.slices[c.node_rank].gpus),
-                    script=f"scripts/{w.name}.sh",
+                    script=script(f"{w.name}.sh"),
                     leader=c.leader,
                     startup_timeout_s=startup_timeout(recipe, w.role),
                 )
@@ -316,12 +319,12 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
     interval = recipe.benchmark.gpu_metrics_interval_s
     if interval:
         files[GPUMON_SCRIPT] = resources.files("inferx_slurm").joinpath("runtime", "gpumon.py").read_text()
-        files["scripts/gpumon.sh"] = fill(
-            template("gpumon.sh"), script=shell_word(f"{job_dir}/{GPUMON_SCRIPT}"), out_dir=shell_word(f"{job_dir}/logs"),
+        files[script("gpumon.sh")] = fill(
+            template("gpumon.sh"), script=shell_word(str(paths.file(GPUMON_SCRIPT))), out_dir=shell_word(str(paths.logs)),
             interval=shell_word(str(interval)),
         )
         for node in range(plan.total_nodes):
-            steps.append(Step(name=f"gpumon.node{node}", kind="monitor", node=node, gpus=plan.gpus_per_node, script="scripts/gpumon.sh"))
+            steps.append(Step(name=f"gpumon.node{node}", kind="monitor", node=node, gpus=plan.gpus_per_node, script=script("gpumon.sh")))
     return RenderedJob(job_dir=job_dir, files=files, steps=steps, env={"INFERX_JOB_DIR": job_dir})
 
 
@@ -371,13 +374,13 @@ def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Option
     gpus = recipe.gpus_per_node if step.gpus else 0
     argv = [
         "srun", "--overlap", "--mem=0", f"--gpus-per-node={gpus}", "--nodes=1", "--ntasks=1", f"--nodelist={host}",
-        f"--job-name={step.name}", f"--output={job_dir}/logs/{step.name}.log", "--open-mode=append",
+        f"--job-name={step.name}", f"--output={JobPaths(job_dir).log(step.name)}", "--open-mode=append",
         "--kill-on-bad-exit=1",
     ]
     if recipe.container.runtime is ContainerRuntime.pyxis and image and step.kind in CONTAINER_STEPS:
         argv += pyxis_flags(recipe, step, job_dir, image, job_id)
     argv += list(recipe.slurm.srun_args)
-    argv += ["bash", f"{job_dir}/{step.script}"]
+    argv += ["bash", str(JobPaths(job_dir).file(step.script))]
     if step.kind == "worker":
         argv.append(str(step.node_rank))
     return argv

@@ -1,0 +1,102 @@
+"""One deployment, built once: what `launch` submits, what its dry run prints and what the
+feasibility checks read.
+
+`build_deployment` turns a recipe (the site already applied at load) and its job dir into
+the served recipe (the model pointed at its staged copy), the placement plan, the memory plan,
+the rendered scripts and the Slurm parameters. It writes nothing; it reads the checkpoint's
+headers, once per model when given a footprint cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from inferx_slurm.job.paths import JobPaths
+from inferx_slurm.job.render import RenderedJob, render
+from inferx_slurm.job.sbatch import executor_params
+from inferx_slurm.planning.feasibility import MemoryPlan, footprint, plan_memory
+from inferx_slurm.planning.memory import Footprint
+from inferx_slurm.planning.placement import Plan, plan_recipe
+from inferx_slurm.recipe.schema import Recipe
+
+# Model path -> its footprint (None: no local checkpoint and no size in the recipe), shared by
+# the deployments of one launch so each checkpoint's headers are read once.
+Footprints = dict[str, Optional[Footprint]]
+
+
+class Deployment(BaseModel):
+    """Everything one Slurm job of a launch is, before anything is written or submitted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: Recipe  # as loaded (site and overrides applied): what is checked and staged from
+    recipe: Recipe  # as served: the model (and draft) at their staged copies, the Hub switched off
+    engine: Recipe  # what the engines start from; a sweep's shared start serves more points than `recipe`
+    job_dir: str
+    plan: Plan
+    memory: Optional[MemoryPlan]  # None when GPU memory or the model's size is unknown
+    job: RenderedJob
+    sbatch: dict[str, Any]  # submitit's SlurmExecutor parameters
+    staging: dict[str, str]  # source path -> staged path, for each model staging copies first
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    @property
+    def paths(self) -> JobPaths:
+        return JobPaths(self.job_dir)
+
+
+def build_deployment(recipe: Recipe, job_dir: str | Path, *, engine: Optional[Recipe] = None,
+                     footprints: Optional[Footprints] = None) -> Deployment:
+    """The deployment `recipe` makes in `job_dir`. `engine`: the recipe its engines start from
+    when they serve more points than this one (a sweep's shared start). The memory plan is of
+    the source checkpoint: staging has not copied it yet when launch checks it."""
+    staging: dict[str, str] = {}
+    served = serve_staged(recipe, staging)
+    served_engine = serve_staged(engine, staging) if engine is not None else served
+    plan = plan_recipe(served)
+    cache = footprints if footprints is not None else {}
+    if recipe.model.path not in cache:
+        cache[recipe.model.path] = footprint(recipe)
+    memory = plan_memory(recipe, cache[recipe.model.path], plan=plan)
+    job = render(served_engine, str(job_dir), plan)
+    return Deployment(source=recipe, recipe=served, engine=served_engine, job_dir=job.job_dir, plan=plan, memory=memory,
+                      job=job, sbatch=executor_params(served, plan), staging=staging)
+
+
+def serve_staged(recipe: Recipe, staging: Optional[dict[str, str]] = None) -> Recipe:
+    """The recipe as launch serves it: with model.stage_dir set, the model (and draft) at their
+    staged copies and the Hub switched off. Where each copy goes is added to `staging`."""
+    if not recipe.model.stage_dir:
+        return recipe
+    from inferx_slurm.sharedfs.staging import StageSourceError, serving_env, staged_name
+
+    dest = Path(recipe.model.stage_dir).expanduser().absolute()
+    staging = staging if staging is not None else {}
+
+    def staged(src: str) -> str:
+        try:
+            name = staged_name(src)
+        except StageSourceError:  # not reachable from here (a cluster path seen from a laptop): its last part
+            name = Path(src).name
+        staging[src] = str(dest / name)
+        return staging[src]
+
+    sets: dict[str, Any] = {"model.path": staged(recipe.model.path)}
+    sets["env"] = {**serving_env(sets["model.path"]), **recipe.env}
+    spec = recipe.speculative
+    if spec and spec.draft_model:
+        # The draft is read at engine start like the model: the same race, the same cure.
+        sets["speculative.draft_model"] = staged(spec.draft_model)
+    return recipe.with_overrides(sets)
+
+
+def narrowed(dep: Deployment, concurrency: list[int], footprints: Footprints) -> Deployment:
+    """The deployment serving only these of its concurrencies (engines sized for them)."""
+    bench = dep.source.benchmark.model_copy(update={"concurrency": concurrency})
+    return build_deployment(dep.source.model_copy(update={"benchmark": bench}), dep.job_dir, footprints=footprints)

@@ -1,0 +1,128 @@
+"""One deployment, built once: a launch places, plans memory for and reads the checkpoint of
+each deployment once, whether it prints it (--dry-run) or submits it."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from checkpoints import minimax_m3_mxfp8
+from inferx_slurm.cli import main
+from inferx_slurm.job.deployment import build_deployment
+from inferx_slurm.job.dry_run import dry_run_text
+from inferx_slurm.job.paths import JobPaths
+from inferx_slurm.recipe.schema import Recipe
+
+COUNTED = {
+    "plan_recipe": "inferx_slurm.planning.placement",
+    "plan_memory": "inferx_slurm.planning.feasibility",
+    "read_checkpoint": "inferx_slurm.planning.checkpoint",
+}
+
+
+@pytest.fixture(scope="module")
+def m3(tmp_path_factory):
+    return minimax_m3_mxfp8(tmp_path_factory.mktemp("m3") / "MiniMax-M3-MXFP8", shards=4)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Count every call of the planners and the checkpoint reader, wherever they were imported."""
+    import inferx_slurm.commands.launch  # noqa: F401 - everything a launch imports, imported now
+    import inferx_slurm.job.submit  # noqa: F401
+    import inferx_slurm.sweeps.submit  # noqa: F401
+
+    counts: collections.Counter = collections.Counter()
+    for name, home in COUNTED.items():
+        original = getattr(importlib.import_module(home), name)
+
+        def counted(*a, _name=name, _original=original, **kw):
+            counts[_name] += 1
+            return _original(*a, **kw)
+
+        for mod in [m for k, m in sys.modules.items() if k.startswith("inferx_slurm")]:
+            if getattr(mod, name, None) is original:
+                monkeypatch.setattr(mod, name, counted)
+    return counts
+
+
+def write_recipe(tmp_path: Path, m3: Path, **extra) -> Path:
+    doc = {"name": "once", "profile": "h200", "topology": "1P1D TEP8->DEP8",
+           "model": {"path": str(m3), "served_name": "minimax-m3"},
+           "engine": {"backend": "vllm", "args": {"block-size": 128, "language-model-only": True}},
+           "benchmark": {"scenarios": ["1k1k"], "concurrency": [64, 256]}, **extra}
+    path = tmp_path / "once.yaml"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def fake_sbatch(tmp_path: Path, monkeypatch) -> Path:
+    """An sbatch that takes the job and runs nothing: the submit path ends at sbatch."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "sbatch.log"
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> {log}\necho "Submitted batch job 4242"\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def test_dry_run_builds_each_deployment_once(tmp_path, m3, calls):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["launch", str(write_recipe(tmp_path, m3)), "--dry-run", "--results-dir", str(tmp_path / "r")]) == 0
+    assert "#SBATCH --nodes=2" in out.getvalue()
+    assert dict(calls) == {"plan_recipe": 1, "plan_memory": 1, "read_checkpoint": 1}
+    assert not (tmp_path / "r").exists()
+
+
+def test_submit_up_to_sbatch_builds_each_deployment_once(tmp_path, m3, calls, monkeypatch):
+    log = fake_sbatch(tmp_path, monkeypatch)
+    res = tmp_path / "r"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["launch", str(write_recipe(tmp_path, m3)), "--results-dir", str(res)]) == 0
+    assert dict(calls) == {"plan_recipe": 1, "plan_memory": 1, "read_checkpoint": 1}
+    # What was built is what was written and submitted.
+    paths = JobPaths(res)
+    assert json.loads(paths.job.read_text())["job_id"] == "4242"
+    assert len(log.read_text().splitlines()) == 1 and f"{paths.submitit}/" in log.read_text()
+    assert json.loads(paths.plan.read_text())["total_nodes"] == 2
+    assert sorted(p.name for p in paths.scripts.iterdir()) == ["decode-0.sh", "frontend.sh", "gpumon.py", "gpumon.sh",
+                                                               "identity_probe.py", "infra.sh", "prefill-0.sh"]
+
+
+def test_sweep_reads_the_checkpoint_once_and_builds_each_deployment_once(tmp_path, m3, calls):
+    sweep = {"topologies": ["1P1D TEP8->DEP8", "1P1D TEP8"], "concurrency": [64, 256]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["launch", str(write_recipe(tmp_path, m3, sweep=sweep)), "--dry-run", "--results-dir", str(tmp_path / "r")]) == 0
+    assert dict(calls) == {"plan_recipe": 2, "plan_memory": 2, "read_checkpoint": 1}
+
+
+def test_dry_run_prints_the_deployment_it_is_given(tmp_path, m3):
+    r = Recipe.load(write_recipe(tmp_path, m3))
+    dep = build_deployment(r, tmp_path / "run")
+    assert dep.paths == JobPaths(tmp_path / "run") and dep.memory is not None and not dep.memory.errors
+    assert dep.sbatch["nodes"] == dep.plan.total_nodes == 2
+    text = dry_run_text(dep)
+    assert text == dry_run_text(r, tmp_path / "run")
+    for rel, content in dep.job.files.items():
+        if rel.endswith(".sh"):
+            assert content.rstrip() in text
+
+
+def test_staged_model_is_served_from_where_staging_copies_it(tmp_path):
+    r = Recipe.from_dict({"name": "s", "profile": "gb200-nvl72", "topology": "1P1D TP4",
+                          "model": {"path": "org/m", "stage_dir": str(tmp_path / "staged"), "weights_gb": 10}})
+    dep = build_deployment(r, tmp_path / "run")
+    assert dep.source.model.path == "org/m"
+    assert dep.recipe.model.path == str(tmp_path / "staged" / "org--m") and dep.recipe.env["HF_HUB_OFFLINE"] == "1"
+    assert dep.staging == {"org/m": str(tmp_path / "staged" / "org--m")}
+    assert f"--model {tmp_path / 'staged' / 'org--m'}" in dep.job.files["scripts/decode-0.sh"]
