@@ -14,17 +14,51 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from inferx_slurm.job.launch import HOST, IMAGE, JOB_ID
 from inferx_slurm.job.paths import JobPaths
-from inferx_slurm.job.render import RenderedJob, render
+from inferx_slurm.job.render import RenderedJob, render, srun_argv
 from inferx_slurm.job.sbatch import executor_params
 from inferx_slurm.planning.feasibility import MemoryPlan, footprint, plan_memory
 from inferx_slurm.planning.memory import Footprint
 from inferx_slurm.planning.placement import Plan, plan_recipe
 from inferx_slurm.recipe.schema import Recipe
+from inferx_slurm.recipe.sections import ContainerRuntime
 
 # Model path -> its footprint (None: no local checkpoint and no size in the recipe), shared by
 # the deployments of one launch so each checkpoint's headers are read once.
 Footprints = dict[str, Optional[Footprint]]
+
+
+class StepLaunch(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    kind: str
+    node: int  # plan node index: the step runs on the allocation's host of that index
+    argv: list[str]  # with job/launch.py's placeholders for the host, the job id and the image
+
+
+class LaunchPlan(BaseModel):
+    """launch.json: how the driver starts every step, and which start first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    first: list[str]  # the step kinds started as soon as the hosts are known
+    nodes: int  # the plan's node count: fewer hosts and nothing starts early
+    env: dict[str, str]  # what every step gets on top of the driver's environment
+    image: Optional[str]  # the recipe's image, for a job dir with no imported one (image.json)
+    steps: list[StepLaunch]
+
+
+def launch_plan(recipe: Recipe, plan: Plan, job: RenderedJob) -> LaunchPlan:
+    kinds = {st.kind for st in job.steps}
+    # Bring-up order: discovery servers, then the Dynamo install, then frontend and engines.
+    first = ["infra"] if "infra" in kinds else ["install"] if "install" in kinds else ["frontend", "worker"]
+    pyxis = recipe.container.runtime is ContainerRuntime.pyxis and bool(recipe.container.image)
+    steps = [StepLaunch(name=st.name, kind=st.kind, node=st.node,
+                        argv=srun_argv(recipe, st, HOST, job.job_dir, IMAGE if pyxis else None, job_id=JOB_ID))
+             for st in job.steps]
+    return LaunchPlan(first=first, nodes=plan.total_nodes, env=job.env, image=recipe.container.image, steps=steps)
 
 
 class Deployment(BaseModel):
@@ -40,6 +74,7 @@ class Deployment(BaseModel):
     memory: Optional[MemoryPlan]  # None when GPU memory or the model's size is unknown
     job: RenderedJob
     sbatch: dict[str, Any]  # submitit's SlurmExecutor parameters
+    launch: LaunchPlan
     staging: dict[str, str]  # source path -> staged path, for each model staging copies first
 
     @property
@@ -66,7 +101,7 @@ def build_deployment(recipe: Recipe, job_dir: str | Path, *, engine: Optional[Re
     memory = plan_memory(recipe, cache[recipe.model.path], plan=plan)
     job = render(served_engine, str(job_dir), plan)
     return Deployment(source=recipe, recipe=served, engine=served_engine, job_dir=job.job_dir, plan=plan, memory=memory,
-                      job=job, sbatch=executor_params(served, plan), staging=staging)
+                      job=job, sbatch=executor_params(served, plan), launch=launch_plan(served, plan, job), staging=staging)
 
 
 def serve_staged(recipe: Recipe, staging: Optional[dict[str, str]] = None) -> Recipe:

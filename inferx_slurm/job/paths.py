@@ -6,6 +6,7 @@ these files only through this module. It depends on pathlib alone, so any layer 
 A job dir, as `launch` prepares it and the driver fills it::
 
     recipe.yaml recipe.json plan.json rendered.json   the deployment, as built before submit
+    launch.json                                        each step's srun command (job/launch.py)
     provenance.json image.json job.json                what produced it, its image, its Slurm job
     status.json summary.json diagnosis.txt             the run's phase and timeline, results, why it failed
     ci-report.json                                     what `ci` reported
@@ -31,6 +32,7 @@ class JobPaths:
     RECIPE_JSON = "recipe.json"
     PLAN = "plan.json"
     RENDERED = "rendered.json"
+    LAUNCH = "launch.json"
     STATUS = "status.json"
     SUMMARY = "summary.json"
     DIAGNOSIS = "diagnosis.txt"
@@ -65,6 +67,7 @@ class JobPaths:
     recipe_json = _path(RECIPE_JSON)
     plan = _path(PLAN)
     rendered = _path(RENDERED)
+    launch = _path(LAUNCH)
     status = _path(STATUS)
     summary = _path(SUMMARY)
     diagnosis = _path(DIAGNOSIS)

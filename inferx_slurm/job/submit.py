@@ -23,7 +23,7 @@ from inferx_slurm.job.interpreter import check_interpreter, node_python
 from inferx_slurm.job.paths import JobPaths, SweepPaths, unused_dir
 from inferx_slurm.job.sbatch import submit_to_slurm
 from inferx_slurm.recipe.schema import Recipe
-from inferx_slurm.recipe.sections import ContainerRuntime
+from inferx_slurm.recipe.sections import ContainerRuntime, Discovery
 from inferx_slurm.reporting import Reporter, given
 from inferx_slurm.results import provenance
 
@@ -76,7 +76,7 @@ def submit_deployments(deployments: list[Deployment], *, env: Optional[dict[str,
                        reporter: Optional[Reporter] = None) -> list[JobHandle]:
     """Stage, prepare and submit checked deployments; those that need the same allocation go
     as one Slurm job array (with `arrays=False`, each as its own job)."""
-    from inferx_slurm.runtime.driver import run_job
+    from inferx_slurm.runtime.start import run_job
 
     env = env or {}
     require_sbatch(env)
@@ -119,8 +119,11 @@ def prepare(dep: Deployment) -> Path:
     atomic_write_json(paths.recipe_json, dep.recipe.to_dict())
     atomic_write_json(paths.plan, dep.plan.model_dump(mode="json"))
     atomic_write_json(paths.rendered, dep.job.model_dump(mode="json"))
+    atomic_write_json(paths.launch, dep.launch.model_dump(mode="json"))
     provenance.start(dep.recipe, paths.root)
     paths.logs.mkdir(exist_ok=True)
+    if dep.recipe.frontend.server == "dynamo" and dep.recipe.frontend.discovery is Discovery.file:
+        paths.discovery.mkdir(exist_ok=True)  # the frontend and workers start before the driver is up
     return paths.root
 
 

@@ -48,11 +48,13 @@ def git_info(path: Optional[str]) -> dict[str, Any]:
             return None
         return r.stdout.strip() if r.returncode == 0 else None
 
-    rev = git("rev-parse", "HEAD")
-    if not rev:
+    # One call for both: every git call is a process on the submit path.
+    found = (git("rev-parse", "HEAD", "--show-toplevel") or "").splitlines()
+    if len(found) != 2:
         return {}
+    rev, root = found
     status = git("status", "--porcelain", "--", path)
-    return {"git_revision": rev, "git_dirty": bool(status), "git_root": git("rev-parse", "--show-toplevel")}
+    return {"git_revision": rev, "git_dirty": bool(status), "git_root": root}
 
 
 def file_sha256(path: Path) -> str:

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from inferx_slurm.planning.placement import Plan
     from inferx_slurm.recipe.schema import Recipe
 
-# How often a running benchmark's progress is read from the frontend's metrics.
-CLIENT_POLL_S = 0.5
+# How often a running benchmark's progress is read from the frontend's metrics (and its end
+# noticed: each point's end waits for the next poll).
+CLIENT_POLL_S = 0.25
 
 
 class ClientRunner:

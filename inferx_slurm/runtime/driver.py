@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from inferx_slurm.fsutil import read_json
+from inferx_slurm.job.launch import Launch
 from inferx_slurm.job.paths import JobPaths
-from inferx_slurm.job.render import RenderedJob, srun_argv
+from inferx_slurm.job.render import RenderedJob
 from inferx_slurm.job.status import EventKind, FaultKind, Phase, Summary
 from inferx_slurm.planning.placement import Plan
 from inferx_slurm.recipe.schema import Recipe
@@ -23,6 +24,7 @@ from inferx_slurm.runtime import nodes, readiness
 from inferx_slurm.runtime.accounting import served_requests
 from inferx_slurm.runtime.client import ClientRunner
 from inferx_slurm.runtime.record import RunRecord, log
+from inferx_slurm.runtime.start import EarlyStart, launch_steps
 from inferx_slurm.runtime.steps import RunningStep, stop_all
 from inferx_slurm.runtime.watchdog import Fault, FaultRaised, NodeWatch, check_exits
 
@@ -37,15 +39,19 @@ class RunFailed(RuntimeError):
 
 
 class Driver(ClientRunner):
-    def __init__(self, job_dir: Path):
+    def __init__(self, job_dir: Path, early: Optional[EarlyStart] = None):
+        """`early`: the hosts and first steps run_job started before the driver was imported."""
         self.dir = job_dir
         self.paths = JobPaths(job_dir)
         self.recipe = Recipe.from_dict(read_json(self.paths.recipe_json))
         self.plan = Plan.model_validate(read_json(self.paths.plan))
         self.job = RenderedJob.model_validate(read_json(self.paths.rendered))
+        self.launch = early.launch if early else Launch.read(self.paths.launch)
+        self.models = {st.name: st for st in self.job.steps}
         self.steps: list[RunningStep] = []
         self.hosts: list[str] = []
         self.addrs: dict[str, str] = {}
+        self.started_kinds: set[str] = set()
         self.rows: list[dict[str, Any]] = []
         self.t0 = time.time()
         self.record = RunRecord(self.paths, self.t0)
@@ -57,10 +63,14 @@ class Driver(ClientRunner):
         # deployment shares (packed sweeps).
         self.engine_dir = job_dir
         super().__init__()
+        if early is not None:
+            self.hosts, self.addrs, self.started_kinds = early.hosts, early.addrs, set(early.kinds)
+            self.record.event(EventKind.nodes, at=early.resolved_at, hosts=self.hosts)
+            self._adopt_started(early.steps)
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
-    def event(self, kind: EventKind, **extra: Any) -> None:
+    def event(self, kind: EventKind, /, **extra: Any) -> None:
         self.record.event(kind, **extra)
 
     def status(self, phase: Phase, **extra: Any) -> None:
@@ -163,6 +173,8 @@ class Driver(ClientRunner):
         self.record.failed(FaultKind.not_run, text)
 
     def _resolve_nodes(self) -> None:
+        if self.hosts:
+            return  # resolved before the driver started (runtime/start.py)
         self.hosts = nodes.allocation_hosts()
         if len(self.hosts) < self.plan.total_nodes:
             raise FaultRaised(Fault(FaultKind.infra, None, f"allocation has {len(self.hosts)} nodes, plan needs {self.plan.total_nodes}"))
@@ -180,21 +192,16 @@ class Driver(ClientRunner):
         self.node_watch = NodeWatch(self.hosts)
 
     def _launch(self, kind: str) -> None:
-        image = self._image()
-        job_id = os.environ.get("SLURM_JOB_ID", "local")
-        for st in self.job.steps:
-            if st.kind != kind:
-                continue
-            host = self.hosts[st.node]
-            rs = RunningStep(step=st, host=host, argv=srun_argv(self.recipe, st, host, str(self.dir), image, job_id=job_id),
-                             log=self.paths.log(st.name))
-            rs.start(self.job.env)
-            self.steps.append(rs)
-            self.record.event(EventKind.step_started, at=rs.started, quiet=True, step=st.name, host=host)
+        if kind in self.started_kinds:
+            return
+        self.started_kinds.add(kind)
+        self._adopt_started(launch_steps(self.launch, kind, self.paths, self.hosts, self.launch.image(self.dir), self.models))
 
-    def _image(self) -> Optional[str]:
-        path = self.paths.image
-        return read_json(path)["path"] if path.exists() else self.recipe.container.image
+    def _adopt_started(self, started: list[tuple[str, RunningStep]]) -> None:
+        for name, rs in started:
+            rs.step = self.models[name]
+            self.steps.append(rs)
+            self.record.event(EventKind.step_started, at=rs.started, quiet=True, step=name, host=rs.host)
 
     @property
     def infra_addr(self) -> str:
@@ -311,7 +318,6 @@ class Driver(ClientRunner):
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             self.record.event(EventKind.preflight, at=at, quiet=True, worker=p.stem)
-        self.record.events.sort(key=lambda e: e.at or 0.0)
 
     def watch(self) -> None:
         """Raise FaultRaised for a cancel, the time limit, an exited step or a dead node."""
@@ -333,8 +339,3 @@ def _port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def run_job(job_dir: str) -> dict[str, Any]:
-    """Entry point inside the allocation (what submitit runs)."""
-    return Driver(Path(job_dir)).run()

@@ -41,9 +41,13 @@ class RunRecord:
         self.events: list[Event] = []
         self.hosts: list[str] = []
 
-    def event(self, kind: EventKind, at: Optional[float] = None, quiet: bool = False, **extra: Any) -> None:
+    def event(self, kind: EventKind, /, at: Optional[float] = None, quiet: bool = False, **extra: Any) -> None:
+        """Add `kind` to the timeline at `at` (now by default); `extra` is its data (a failure's
+        fault `kind` among them); `quiet` keeps it out of the log."""
         at = time.time() if at is None else at
         self.events.append(Event(t=round(at - self.t0, 3), event=kind.value, at=round(at, 3), **extra))
+        if len(self.events) > 1 and (self.events[-2].at or 0.0) > at:
+            self.events.sort(key=lambda e: e.at or 0.0)  # an event recorded after the fact
         if not quiet:
             log(f"+{at - self.t0:7.2f}s {kind.value} {extra if extra else ''}")
 

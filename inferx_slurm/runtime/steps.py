@@ -10,17 +10,19 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from inferx_slurm.job.paths import srun_err
-from inferx_slurm.job.render import Step
+
+if TYPE_CHECKING:  # the driver starts its first steps before it imports the models
+    from inferx_slurm.job.render import Step
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
 class RunningStep:
-    step: Step
+    step: "Step"  # None until the driver has read rendered.json, for a step started before that
     host: str
     argv: list[str]
     log: Path
