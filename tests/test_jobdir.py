@@ -11,7 +11,8 @@ from pathlib import Path
 from inferx_slurm.ci import report as cr
 from inferx_slurm.ci.report import Category, CIReport
 from inferx_slurm.job.paths import JobPaths, SweepPaths, unused_dir, unused_file
-from inferx_slurm.job.status import ENDS_ALLOCATION, Event, EventKind, FaultKind, Phase, Status, Summary
+from inferx_slurm.job.phases import ENDS_ALLOCATION, EventKind, FaultKind, Phase
+from inferx_slurm.job.status import Event, Status, Summary
 from inferx_slurm.reporting import Callbacks, Collector, Silent
 from inferx_slurm.runtime.record import RunRecord, process_started
 

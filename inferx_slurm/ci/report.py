@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferx_slurm.job.status import FaultKind
+from inferx_slurm.job.phases import FaultKind
 from inferx_slurm.recipe.topology import ParallelKind, Topology
 
 EXIT_OK = 0

@@ -15,7 +15,7 @@ from inferx_slurm.job.deployment import build_deployment
 from inferx_slurm.job.dry_run import dry_run_text
 from inferx_slurm.job.handle import RunError
 from inferx_slurm.job.paths import JobPaths, SweepPaths
-from inferx_slurm.job.status import Phase
+from inferx_slurm.job.phases import Phase
 from inferx_slurm.job.submit import build_for_submit, check_deployment, default_results_dir, submit_deployments
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.results.table import format_table, served_line

@@ -11,7 +11,8 @@ from typing import Any, Callable, Iterator, Optional
 from inferx_slurm.errors import InferxError
 from inferx_slurm.fsutil import read_json
 from inferx_slurm.job.paths import JobPaths
-from inferx_slurm.job.status import Phase, Status, Summary
+from inferx_slurm.job.phases import Phase
+from inferx_slurm.job.status import Status, Summary
 
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 # COMPLETING: the job's processes are gone and Slurm is cleaning up (for a dead node, until

@@ -1,80 +1,25 @@
 """What a run says about itself: its phase, its timeline, why it failed, its results.
 
 The driver writes `status.json` and `summary.json` with these models; `JobHandle`, sweeps,
-CI and the CLI read them back with the same models. Phases, fault kinds and timeline events
-are enums of strings, so the JSON holds plain strings and a reader compares either.
-Readers keep fields they do not know (a newer driver's), so old and new read each other.
+CI and the CLI read them back with the same models (the phases, fault kinds and timeline
+events are job/phases.py's enums). Readers keep fields they do not know (a newer driver's),
+so old and new read each other.
 """
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferx_slurm.fsutil import atomic_write_json, read_json
-
-
-class Phase(str, Enum):
-    pending = "pending"  # no status.json yet: queued, or the driver has not started
-    starting = "starting"
-    ready = "ready"
-    benchmarking = "benchmarking"
-    done = "done"
-    failed = "failed"
-
-    @property
-    def ended(self) -> bool:
-        return self in (Phase.done, Phase.failed)
-
-
-class FaultKind(str, Enum):
-    """Why a run failed; CI maps each to an exit code (ci/report.py)."""
-
-    exited = "exited"  # a step's process exited
-    not_ready = "not_ready"  # workers did not register within their startup timeout
-    node_down = "node_down"
-    stalled = "stalled"  # the benchmark made no progress
-    cancelled = "cancelled"  # scancel, a signal, or the time-limit warning
-    infra = "infra"  # the allocation or the discovery servers
-    install = "install"  # the Dynamo install into the containers
-    time_limit = "time_limit"  # stopped before Slurm's limit, with partial results
-    client = "client"  # the benchmark client crashed or wrote nothing
-    internal = "internal"  # a bug in the driver
-    not_run = "not_run"  # a packed deployment an earlier one's fault kept from running
-
-
-# Faults after which nothing more can run in the allocation (a packed sweep stops there).
-ENDS_ALLOCATION = frozenset({FaultKind.cancelled, FaultKind.time_limit, FaultKind.node_down})
-
-
-class EventKind(str, Enum):
-    """The timeline of a run, in the order a good run passes through it."""
-
-    allocation = "allocation"  # Slurm started the job (whole seconds: Slurm's resolution)
-    interpreter = "interpreter"  # the driver's process started (before its imports)
-    nodes = "nodes"  # hosts and addresses resolved, nodes.env written
-    infra_ready = "infra ready"
-    installed = "installed"
-    step_started = "step started"  # one srun step launched
-    engines_started = "engines started"
-    preflight = "preflight"  # a worker's identity probe reported (its report's time)
-    registered = "registered"  # the frontend's count of ready workers changed
-    ready = "ready"
-    engines_shared = "engines shared"  # a packed deployment benchmarks on engines already up
-    benchmark = "benchmark"  # a benchmark point started
-    point_done = "point done"
-    torn_down = "torn down"
-    done = "done"
-    failed = "failed"
-    not_run = "not run"
+from inferx_slurm.job.phases import FaultKind, Phase
 
 
 class Event(BaseModel):
-    """One timeline entry: `at` is unix time, `t` seconds since the driver started (negative
-    for what happened before it: the allocation, the interpreter's start)."""
+    """One timeline entry: `at` is unix time, `t` seconds since the run started (negative for
+    what happened before it: the allocation, the interpreter's start)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -91,7 +36,7 @@ class Status(BaseModel):
     phase: Phase = Phase.pending
     job_id: Optional[str] = None
     hosts: list[str] = Field(default_factory=list)
-    started: Optional[float] = Field(None, description="unix time the driver started")
+    started: Optional[float] = Field(None, description="unix time the run started in the allocation")
     updated: Optional[float] = None
     events: list[Event] = Field(default_factory=list)
     registered: Optional[dict[str, int]] = Field(None, description="ready workers per role (phase ready)")

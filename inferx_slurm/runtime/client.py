@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from inferx_slurm.benchmark.aiperf import AIPERF_EXPORT, aiperf_argv, profiling_window, summarize
 from inferx_slurm.fsutil import read_json
 from inferx_slurm.job.paths import JobPaths
-from inferx_slurm.job.status import EventKind, FaultKind
+from inferx_slurm.job.phases import EventKind, FaultKind
 from inferx_slurm.runtime import metrics
 from inferx_slurm.runtime.gpumon import gpu_metrics
 from inferx_slurm.runtime.steps import RunningStep

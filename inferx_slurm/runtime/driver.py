@@ -15,7 +15,8 @@ from inferx_slurm.fsutil import read_json
 from inferx_slurm.job.launch import Launch
 from inferx_slurm.job.paths import JobPaths
 from inferx_slurm.job.render import RenderedJob
-from inferx_slurm.job.status import EventKind, FaultKind, Phase, Summary
+from inferx_slurm.job.phases import EventKind, FaultKind, Phase
+from inferx_slurm.job.status import Summary
 from inferx_slurm.planning.placement import Plan
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.sections import Discovery
@@ -53,7 +54,7 @@ class Driver(ClientRunner):
         self.addrs: dict[str, str] = {}
         self.started_kinds: set[str] = set()
         self.rows: list[dict[str, Any]] = []
-        self.t0 = time.time()
+        self.t0 = early.t0 if early else time.time()
         self.record = RunRecord(self.paths, self.t0)
         self._last_node_check = 0.0
         self.node_watch: Optional[NodeWatch] = None
@@ -275,7 +276,8 @@ class Driver(ClientRunner):
         # An engine's own server lists the model once its one worker is up: nothing to count.
         roles = () if self.own_server else self.recipe.topology.roles
         want = {r: len(self.plan.role_workers(r)) for r in roles}
-        started = time.time()
+        # Startup timeouts count from the engines' start, which may be before the driver's.
+        started = min((s.started for s in self.steps if s.step.kind == "worker"), default=time.time())
         timeouts = {r: max((s.startup_timeout_s for s in self.job.steps if s.role == r), default=0)
                     for r in self.recipe.topology.roles}
         last: dict[str, int] = {}

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from inferx_slurm.fsutil import read_json
-from inferx_slurm.job.status import ENDS_ALLOCATION, Status
+from inferx_slurm.job.phases import ENDS_ALLOCATION
+from inferx_slurm.job.status import Status
 from inferx_slurm.runtime.driver import Driver, RunFailed
 from inferx_slurm.runtime.watchdog import FaultRaised
 

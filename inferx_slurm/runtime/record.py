@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 from inferx_slurm.fsutil import atomic_write
 from inferx_slurm.job.paths import JobPaths
-from inferx_slurm.job.status import Event, EventKind, FaultKind, Phase, Status, Summary
+from inferx_slurm.job.phases import EventKind, FaultKind, Phase
+from inferx_slurm.job.status import Event, Status, Summary
 
 
 def log(line: str) -> None:

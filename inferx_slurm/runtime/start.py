@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from inferx_slurm.fsutil import atomic_write_json
 from inferx_slurm.job.launch import Launch, fill
 from inferx_slurm.job.paths import JobPaths
+from inferx_slurm.job.phases import EventKind, Phase
 from inferx_slurm.runtime import nodes
 from inferx_slurm.runtime.steps import RunningStep, stop_all
 
@@ -25,6 +27,7 @@ from inferx_slurm.runtime.steps import RunningStep, stop_all
 class EarlyStart:
     """The hosts and the steps started before the driver."""
 
+    t0: float  # when the run started: the driver's clock starts here too
     launch: Launch
     hosts: list[str]
     addrs: dict[str, str]
@@ -55,6 +58,7 @@ def launch_steps(launch: Launch, kind: str, paths: JobPaths, hosts: list[str], i
 def start_first(job_dir: Path) -> Optional[EarlyStart]:
     """Resolve the hosts, write nodes.env and start the first steps; None when anything is not
     as planned (the driver then does it all itself, and diagnoses what is wrong)."""
+    t0 = time.time()
     paths = JobPaths(job_dir)
     steps: list[tuple[str, RunningStep]] = []
     try:
@@ -66,13 +70,22 @@ def start_first(job_dir: Path) -> Optional[EarlyStart]:
         addrs = nodes.node_addresses(hosts)
         nodes.write_nodes_env(str(paths.nodes_env), hosts, addrs)
         resolved = time.time()
+        _starting(paths, t0, hosts, resolved)
         image = launch.image(job_dir)
         for kind in launch.first:
             steps += launch_steps(launch, kind, paths, hosts, image)
     except Exception:  # whatever failed here fails again in the driver, which diagnoses it
         stop_all([rs for _, rs in steps])
         return None
-    return EarlyStart(launch=launch, hosts=hosts, addrs=addrs, resolved_at=resolved, kinds=list(launch.first), steps=steps)
+    return EarlyStart(t0=t0, launch=launch, hosts=hosts, addrs=addrs, resolved_at=resolved, kinds=list(launch.first), steps=steps)
+
+
+def _starting(paths: JobPaths, t0: float, hosts: list[str], resolved: float) -> None:
+    """status.json as job/status.py's Status writes it, for the phase `starting`: the steps are
+    about to start and the driver's own status is a moment away."""
+    nodes_event = {"t": round(resolved - t0, 3), "event": EventKind.nodes.value, "at": round(resolved, 3), "hosts": hosts}
+    atomic_write_json(paths.status, {"phase": Phase.starting.value, "job_id": os.environ.get("SLURM_JOB_ID"), "hosts": hosts,
+                                     "started": t0, "updated": time.time(), "events": [nodes_event]})
 
 
 def run_job(job_dir: str) -> dict[str, Any]:

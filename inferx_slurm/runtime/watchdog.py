@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from inferx_slurm.job.status import FaultKind
+from inferx_slurm.job.phases import FaultKind
 from inferx_slurm.runtime import nodes as nodes_mod
 from inferx_slurm.runtime.steps import RunningStep, describe_exit
 

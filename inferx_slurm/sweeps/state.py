@@ -15,7 +15,8 @@ from typing import Any, Iterator, Optional
 from inferx_slurm.errors import InferxError
 from inferx_slurm.fsutil import atomic_write_json, read_json
 from inferx_slurm.job.paths import JobPaths, SweepPaths
-from inferx_slurm.job.status import EventKind, Phase, Status, Summary
+from inferx_slurm.job.phases import EventKind, Phase
+from inferx_slurm.job.status import Status, Summary
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.sweeps.expand import SweepPoint
 
