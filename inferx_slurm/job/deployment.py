@@ -131,6 +131,11 @@ def serve_staged(recipe: Recipe, staging: Optional[dict[str, str]] = None) -> Re
     return recipe.with_overrides(sets)
 
 
+def image_dir(recipe: Recipe, results_dir: Path) -> Path:
+    """Where launch imports the recipe's image: container.image_dir, else images/ beside the results."""
+    return Path(recipe.container.image_dir or results_dir.parent / "images")
+
+
 def narrowed(dep: Deployment, concurrency: list[int], footprints: Footprints) -> Deployment:
     """The deployment serving only these of its concurrencies (engines sized for them)."""
     bench = dep.source.benchmark.model_copy(update={"concurrency": concurrency})

@@ -8,7 +8,7 @@ from typing import Optional
 
 from inferx_slurm.benchmark.aiperf import aiperf_argv
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.job.deployment import Deployment, build_deployment
+from inferx_slurm.job.deployment import Deployment, build_deployment, image_dir
 from inferx_slurm.job.interpreter import check_interpreter, elf_arch, node_python
 from inferx_slurm.job.paths import JobPaths
 from inferx_slurm.job.render import IDENTITY_PROBE, shell_join, srun_argv
@@ -74,7 +74,6 @@ def interpreter_line(recipe: Recipe, reporter: Reporter) -> str:
 
 def image_path(recipe: Recipe, results_dir: Path) -> Optional[str]:
     """The .sqsh the steps will run: where `launch` imports the recipe's image before submitting."""
-    from inferx_slurm.job.submit import image_dir
     from inferx_slurm.recipe.image_uri import image_file_name, is_local_image
 
     uri = recipe.container.image

@@ -17,7 +17,7 @@ from typing import Optional
 
 from inferx_slurm.errors import SubmitError
 from inferx_slurm.fsutil import atomic_write, atomic_write_json
-from inferx_slurm.job.deployment import Deployment, Footprints, build_deployment
+from inferx_slurm.job.deployment import Deployment, Footprints, build_deployment, image_dir
 from inferx_slurm.job.handle import JobHandle
 from inferx_slurm.job.interpreter import check_interpreter, node_python
 from inferx_slurm.job.paths import JobPaths, SweepPaths, unused_dir
@@ -142,10 +142,6 @@ def stage(dep: Deployment, reporter: Optional[Reporter] = None) -> None:
     for src, dest in dep.staging.items():
         staged = Path(dest)
         stage_model(src, staged.parent, name=staged.name, log=out.info, on_wait=wait_notice("another stager", out.info))
-
-
-def image_dir(recipe: Recipe, results_dir: Path) -> Path:
-    return Path(recipe.container.image_dir or results_dir.parent / "images")
 
 
 def import_image_for(recipe: Recipe, results_dir: Path, reporter: Optional[Reporter] = None) -> None:

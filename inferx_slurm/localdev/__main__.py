@@ -1,5 +1,5 @@
 import sys
 
-from inferx_slurm.localdev.cluster import _main
+from inferx_slurm.localdev.cluster import main
 
-sys.exit(_main())
+sys.exit(main())

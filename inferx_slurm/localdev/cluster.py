@@ -190,7 +190,7 @@ def _info(sd: Path, st: State) -> ClusterInfo:
     )
 
 
-def _main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m inferx_slurm.localdev",
         description="Run a local multi-node Slurm cluster with fake GPUs on this machine.",
@@ -233,4 +233,4 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())
