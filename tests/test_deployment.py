@@ -10,6 +10,7 @@ import io
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,67 @@ def test_staged_model_is_served_from_where_staging_copies_it(tmp_path):
     assert dep.recipe.model.path == str(tmp_path / "staged" / "org--m") and dep.recipe.env["HF_HUB_OFFLINE"] == "1"
     assert dep.staging == {"org/m": str(tmp_path / "staged" / "org--m")}
     assert f"--model {tmp_path / 'staged' / 'org--m'}" in dep.job.files["scripts/decode-0.sh"]
+
+
+def test_launch_json_starts_each_step_as_the_dry_run_shows_it(tmp_path):
+    from inferx_slurm.job.launch import Launch, fill
+    from inferx_slurm.job.render import srun_argv
+    from inferx_slurm.job.submit import prepare
+
+    r = Recipe.from_dict({"name": "l", "profile": "gb200-nvl72", "topology": "1P1D TP4", "model": {"path": "org/m", "weights_gb": 10},
+                          "container": {"runtime": "pyxis", "image": "nvcr.io/nvidia/ai-dynamo/vllm-runtime:0.6.1",
+                                        "image_dir": str(tmp_path / "images")}})
+    dep = build_deployment(r, tmp_path / "run")
+    launch = Launch.read(Path(prepare(dep)) / JobPaths.LAUNCH)
+    assert launch.first == ["infra"] and launch.nodes == dep.plan.total_nodes == 2
+    # before the image is imported the steps get the recipe's URI, after it the .sqsh
+    assert launch.image(dep.paths.root) == r.container.image
+    dep.paths.image.write_text(json.dumps({"uri": r.container.image, "path": "/img/x.sqsh"}))
+    for st, entry in zip(dep.job.steps, launch.steps):
+        host = f"n{st.node}"
+        assert entry["name"] == st.name and entry["kind"] == st.kind
+        assert fill(entry["argv"], host=host, job_id="77", image=launch.image(dep.paths.root)) == \
+            srun_argv(dep.recipe, st, host, dep.job_dir, "/img/x.sqsh", job_id="77")
+
+
+def test_first_steps_start_from_launch_json_before_the_driver(tmp_path, monkeypatch):
+    from inferx_slurm.job.submit import prepare
+    from inferx_slurm.runtime.start import start_first
+    from inferx_slurm.runtime.steps import stop_all
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "srun.calls"
+    (bin_dir / "scontrol").write_text('#!/bin/sh\ncase "$2" in\n  hostnames) printf "n1\\nn2\\n" ;;\n'
+                                      '  node) printf "NodeName=n1 NodeAddr=10.0.0.1\\nNodeName=n2 NodeAddr=10.0.0.2\\n" ;;\nesac\n')
+    (bin_dir / "srun").write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec sleep 30\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "n[1-2]")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+
+    r = Recipe.from_dict({"name": "e", "profile": "local", "topology": "1P1D TP1", "engine": {"backend": "mocker"},
+                          "model": {"path": "org/m"}, "frontend": {"discovery": "file"}})
+    dep = build_deployment(r, tmp_path / "run")
+    prepare(dep)
+    early = start_first(dep.paths.root)
+    try:
+        assert early is not None and early.hosts == ["n1", "n2"] and early.kinds == ["frontend", "worker"]
+        assert sorted(name for name, _ in early.steps) == ["decode-0.n0", "frontend", "prefill-0.n0"]
+        assert "INFERX_ADDR_1=10.0.0.2" in dep.paths.nodes_env.read_text()
+        status = json.loads(dep.paths.status.read_text())
+        assert status["phase"] == "starting" and status["hosts"] == ["n1", "n2"] and status["started"] == early.t0
+        for _ in range(50):
+            if calls.exists() and len(calls.read_text().splitlines()) == 3:
+                break
+            time.sleep(0.1)
+        started = calls.read_text()
+        assert "--nodelist=n1" in started and "--nodelist=n2" in started and "{inferx:" not in started
+    finally:
+        if early is not None:
+            stop_all(early.running, grace_s=1)
+    # An allocation smaller than the plan starts nothing here: the driver diagnoses it.
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "n1")
+    (bin_dir / "scontrol").write_text('#!/bin/sh\nprintf "n1\\n"\n')
+    assert start_first(dep.paths.root) is None
