@@ -7,9 +7,9 @@ can print one clear line and exit 2 instead of a traceback.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class InferxError(Exception):
@@ -57,6 +57,32 @@ class RecipeError(InferxError, ValueError):
             inst.args = (lines[0],)
             return inst
         return cls(loc, value, msg, problems=lines)
+
+
+class FieldProblem(BaseModel):
+    """One thing wrong with a recipe, kept as its parts until it is raised or shown."""
+
+    model_config = ConfigDict(frozen=True)
+
+    field: str
+    value: Any
+    valid: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.valid}"
+
+    def error(self) -> RecipeError:
+        return RecipeError(self.field, self.value, self.valid)
+
+
+def raise_problems(problems: Sequence[FieldProblem], *, field: str, value: Any) -> None:
+    """Raise one problem as its own RecipeError, several as one RecipeError (on `field`,
+    `value`) listing each with its field."""
+    problems = list(dict.fromkeys(problems))
+    if len(problems) == 1:
+        raise problems[0].error()
+    if problems:
+        raise RecipeError(field, value, "", problems=[str(p) for p in problems])
 
 
 class SubmitError(InferxError):

@@ -27,12 +27,16 @@ def test_444gb_checkpoint_needs_four_gb200_gpus_per_worker():
     with pytest.raises(RecipeError) as e:
         require_fit(recipe("1P1D TP2->TEP8", 444))
     assert str(e.value).startswith("topology.prefill:") and "at least 4 GPUs per prefill worker" in str(e.value)
+    # the error carries its parts as the planner made them, not as text to be split again
+    assert (e.value.field, e.value.value) == ("topology.prefill", "1P1D TP2->TEP8")
+    assert e.value.valid.startswith("TP2 puts 222.0 GB of weights on each 186 GB GPU") and not e.value.problems
 
 
 def test_both_roles_reported_and_utilization_respected():
     with pytest.raises(RecipeError) as e:
         require_fit(recipe("1P1D TP1->TP1", 100, profile="h100"))
     assert "topology.prefill" in str(e.value) and "topology.decode" in str(e.value)
+    assert e.value.field == "topology" and [p.split(":")[0] for p in e.value.problems] == ["topology.prefill", "topology.decode"]
     # 68 GB on an 80 GB H100 fits at 0.95 utilization (76 GB budget, 7.6 GB left for KV) but not at 0.9
     tight = recipe("1P1D TP1", 68, profile="h100", args={"gpu-memory-utilization": 0.95})
     assert all(f.verdict == "fits" for f in check(tight))

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 
-from inferx_slurm.job.submit import dry_run_text, import_image_for, prepare, stage_model_for
+from inferx_slurm.job.deployment import build_deployment
+from inferx_slurm.job.dry_run import dry_run_text
+from inferx_slurm.job.submit import import_image_for, prepare, stage
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.job.render import render, srun_argv
 from inferx_slurm.sharedfs.staging import is_staged
@@ -22,7 +25,9 @@ def make_model(root: Path) -> Path:
     src = root / "ckpt" / "Tiny-M"
     src.mkdir(parents=True)
     (src / "config.json").write_text('{"model_type": "qwen3_moe"}')
-    (src / "model-00001.safetensors").write_bytes(os.urandom(1 << 16))
+    # A real safetensors layout (launch reads the header to plan memory) with random weights.
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [128, 256], "data_offsets": [0, 1 << 16]}}).encode()
+    (src / "model-00001.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + os.urandom(1 << 16))
     return src
 
 
@@ -30,16 +35,22 @@ def test_model_is_staged_and_served_offline(tmp_path):
     src = make_model(tmp_path)
     r = Recipe.from_dict({"name": "s", "profile": "gb200-nvl72", "topology": "1P1D TP4",
                           "model": {"path": str(src), "served_name": "m", "stage_dir": str(tmp_path / "staged")}})
-    staged = stage_model_for(r)
+    dep = build_deployment(r, tmp_path / "run")
+    staged = dep.recipe
     path = Path(staged.model.path)
-    assert path.parent == tmp_path / "staged" and is_staged(path)
+    assert path.parent == tmp_path / "staged" and not path.exists()  # building copies nothing
+    stage(dep)
+    assert is_staged(path)
     assert (path / "model-00001.safetensors").read_bytes() == (src / "model-00001.safetensors").read_bytes()
     assert staged.env["HF_HUB_OFFLINE"] == "1"
-    job = render(staged, str(tmp_path / "run"))
-    worker = job.files["scripts/decode-0.sh"]
+    worker = dep.job.files["scripts/decode-0.sh"]
     assert f"--model {path}" in worker and "export HF_HUB_OFFLINE=1" in worker
+    assert render(staged, str(tmp_path / "run")).files == dep.job.files
     # a second launch reuses the stage
-    assert Path(stage_model_for(r).model.path) == path
+    again = build_deployment(r, tmp_path / "run2")
+    assert Path(again.recipe.model.path) == path
+    stage(again)
+    assert is_staged(path)
 
 
 def test_image_is_imported_once_and_given_to_every_step(tmp_path, monkeypatch):
@@ -50,7 +61,8 @@ def test_image_is_imported_once_and_given_to_every_step(tmp_path, monkeypatch):
                           "container": {"runtime": "pyxis", "image": "nvcr.io/nvidia/ai-dynamo/vllm-runtime:0.6.1",
                                         "image_dir": str(tmp_path / "images"), "mounts": ["/lustre:/lustre"]}})
     for n in range(2):
-        results, _, job = prepare(r, tmp_path / f"run{n}")
+        dep = build_deployment(r, tmp_path / f"run{n}")
+        results, job = prepare(dep), dep.job
         import_image_for(r, results)
         image = json.loads((results / "image.json").read_text())
         assert image["uri"] == r.container.image

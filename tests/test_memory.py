@@ -117,17 +117,24 @@ def test_beyond_kv_capacity_warns_in_plan_and_dry_run_refused_by_launch(tmp_path
 
 
 def test_sweep_lists_and_skips_points_beyond_capacity(tmp_path, m3, capsys):
+    from inferx_slurm.job.deployment import build_deployment
+    from inferx_slurm.reporting import Collector
     from inferx_slurm.sweeps.submit import fit_deployments
 
     path = write_recipe(tmp_path, m3, "h200", "1P1D TEP8->DEP8", [64, 2048],
                         sweep={"topologies": ["1P1D TEP8->DEP8", "1P1D TEP8"], "concurrency": [64, 2048]})
-    deps = expand(Recipe.load(path))
-    kept = fit_deployments(deps, dry_run=False, force=False, sweep=True)
-    err = capsys.readouterr().err
-    assert [d.concurrency for d in kept] == [[64], [64]]
+    deps = [build_deployment(p.recipe, tmp_path / "run" / p.name) for p in expand(Recipe.load(path))]
+    said = Collector()
+    kept = fit_deployments(deps, dry_run=False, force=False, sweep=True, reporter=said)
     assert [d.recipe.benchmark.concurrency for d in kept] == [[64], [64]]
-    assert err.count("skipping:") >= 2 and "concurrency 2048" in err
-    assert [d.concurrency for d in fit_deployments(deps, dry_run=False, force=True, sweep=True)] == [[64, 2048], [64, 2048]]
+    # the narrowed deployments are built for what they serve: engines sized for concurrency 64
+    assert all(d.memory and not d.memory.over_capacity for d in kept)
+    # the reporter hears every skipped point; nothing is printed
+    assert sum(w.startswith("skipping:") for w in said.warnings) >= 2 and any("concurrency 2048" in w for w in said.warnings)
+    assert capsys.readouterr().err == ""
+    forced = fit_deployments(deps, dry_run=False, force=True, sweep=True, reporter=said)
+    assert [d.recipe.benchmark.concurrency for d in forced] == [[64, 2048], [64, 2048]]
+    assert forced == deps  # kept as built
 
 
 def test_recipe_split_matches_the_checkpoint(m3):
@@ -139,7 +146,8 @@ def test_recipe_split_matches_the_checkpoint(m3):
         "engine": {"args": {"language-model-only": True}},
     })
     mp = memory_plan(stated)
-    assert mp.source == "model.memory" and mp.errors and "topology.decode" in mp.errors[0]
+    assert mp.source == "model.memory" and mp.errors and mp.errors[0].field == "topology.decode"
+    assert mp.errors[0].value == "1P1D TEP8->DEP8" and mp.errors[0].valid.startswith("no room for KV cache")
     local = memory_plan(stated.with_overrides({"model.path": str(m3), "model.memory": None}))
     # The stated split calls all 10.6 GB MXFP8; the checkpoint keeps 0.5 GB of it (norms, indexer) in BF16.
     assert abs(mp.role("decode").weights_gb - local.role("decode").weights_gb) < 1.0

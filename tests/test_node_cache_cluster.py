@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from inferx_slurm import submit
-from inferx_slurm.job.submit import RunError
+from inferx_slurm.job.handle import RunError
 from inferx_slurm.sharedfs.node_cache import prune
 from inferx_slurm.sharedfs.stage_manifest import MANIFEST_NAME, READY_NAME, is_staged
 

@@ -36,7 +36,7 @@ def test_gb200_ladder_packs_into_one_allocation_sized_by_the_largest():
     (p,) = pack(r, deps)
     # 4P1D DEP8->DEP16: 4 x 2 prefill nodes + 4 decode nodes
     assert p.nodes == 12 and max(plan_recipe(d.recipe).total_nodes for d in deps) == 12
-    assert sorted(d.name for d in p.deployments) == sorted(d.name for d in deps)
+    assert sorted(d.name for d in p.sweep_points) == sorted(d.name for d in deps)
     # scenarios decide max_model_len and the split-off points change max-num-seqs: no sharing
     assert len(p.starts) == len(deps) == 10
 
@@ -51,18 +51,18 @@ def test_benchmark_only_differences_share_one_start_and_scenarios_only_when_opte
     deps = expand(base)
     assert len(deps) == 4  # 2 scenarios x (low, high concurrency)
     (p,) = pack(base, deps)
-    assert len(p.starts) == 2 and all(len(s.deployments) == 2 for s in p.starts)
+    assert len(p.starts) == 2 and all(len(s.sweep_points) == 2 for s in p.starts)
     for s in p.starts:
         # one engine for all of a start's points: graphs up to the highest concurrency
         assert s.engine.benchmark.concurrency == [1, 4, 16, 64, 256, 1024]
-        assert len({(d.recipe.frontend.http_port, d.recipe.placement.port_base) for d in s.deployments}) == 1
-        own = [_engine_args(d.recipe.model_copy(update={"benchmark": s.engine.benchmark})) for d in s.deployments]
+        assert len({(d.recipe.frontend.http_port, d.recipe.placement.port_base) for d in s.sweep_points}) == 1
+        own = [_engine_args(d.recipe.model_copy(update={"benchmark": s.engine.benchmark})) for d in s.sweep_points]
         assert own[0] == own[1]
 
     shared = base.with_overrides({"sweep.share_max_model_len": True})
     (p,) = pack(shared, expand(shared))
     (s,) = p.starts
-    assert len(s.deployments) == 4
+    assert len(s.sweep_points) == 4
     # served with the longest scenario's length (8k1k: 9216 + headroom, block 128)
     assert "--max-model-len 9472" in _engine_args(s.engine)[0]
 

@@ -127,7 +127,7 @@ def test_sbatch_script_is_the_file_submitit_submits(tmp_path, monkeypatch):
 
     from inferx_slurm.job.interpreter import node_python
     from inferx_slurm.job.sbatch import batch_script, executor_params, runner_command
-    from inferx_slurm.runtime.driver import run_job
+    from inferx_slurm.runtime.entry import run_job
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -24,7 +24,7 @@ from inferx_slurm.job.slurm import (
     parse_sacct,
     parse_squeue,
 )
-from inferx_slurm.job.submit import JobHandle
+from inferx_slurm.job.handle import JobHandle
 
 
 def test_squeue_lines_with_array_tasks():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from inferx_slurm.job.render import Step
+from inferx_slurm.job.phases import FaultKind
 from inferx_slurm.runtime.steps import RunningStep
 from inferx_slurm.runtime.watchdog import Fault, check_exits
 
@@ -57,4 +58,4 @@ def test_running_and_stopping_steps_are_not_faults(tmp_path):
 
 
 def test_fault_without_step_is_just_the_message():
-    assert Fault("stalled", None, "benchmark made no progress for 5 s.").diagnosis() == "benchmark made no progress for 5 s."
+    assert Fault(FaultKind.stalled, None, "benchmark made no progress for 5 s.").diagnosis() == "benchmark made no progress for 5 s."

@@ -13,10 +13,6 @@ from inferx_slurm.recipe.schema import Recipe
 AIPERF_EXPORT = "profile_export_aiperf.json"
 
 
-def point_dir(scenario: Scenario, concurrency: int) -> str:
-    return f"bench/{scenario.name}/c{concurrency}"
-
-
 def aiperf_argv(
     recipe: Recipe, scenario: Scenario, concurrency: int, *, url: str, artifact_dir: str, tokenizer: str
 ) -> list[str]:

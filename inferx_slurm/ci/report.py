@@ -17,7 +17,12 @@ Exit codes, so a workflow can tell failures apart:
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from inferx_slurm.job.phases import FaultKind
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -28,34 +33,90 @@ EXIT_REGRESSION = 5
 EXIT_BENCHMARK = 6
 EXIT_CANCELLED = 130
 
+
+class Category(str, Enum):
+    """What kind of failure a CI run had; each has its exit code."""
+
+    recipe = "recipe"
+    infrastructure = "infrastructure"
+    engine = "engine"
+    regression = "regression"
+    benchmark = "benchmark"
+    cancelled = "cancelled"
+    internal = "internal"
+
+
 CATEGORY_EXIT = {
-    "recipe": EXIT_RECIPE,
-    "infrastructure": EXIT_INFRA,
-    "engine": EXIT_ENGINE,
-    "regression": EXIT_REGRESSION,
-    "benchmark": EXIT_BENCHMARK,
-    "cancelled": EXIT_CANCELLED,
-    "internal": EXIT_INTERNAL,
+    Category.recipe: EXIT_RECIPE,
+    Category.infrastructure: EXIT_INFRA,
+    Category.engine: EXIT_ENGINE,
+    Category.regression: EXIT_REGRESSION,
+    Category.benchmark: EXIT_BENCHMARK,
+    Category.cancelled: EXIT_CANCELLED,
+    Category.internal: EXIT_INTERNAL,
+}
+
+_FAULT_CATEGORY = {
+    FaultKind.node_down: Category.infrastructure, FaultKind.infra: Category.infrastructure,
+    FaultKind.install: Category.infrastructure, FaultKind.time_limit: Category.infrastructure,
+    FaultKind.not_ready: Category.engine, FaultKind.stalled: Category.engine,
+    FaultKind.client: Category.benchmark, FaultKind.cancelled: Category.cancelled,
 }
 
 
-def classify_fault(kind: Optional[str], message: str) -> str:
+def classify_fault(kind: Optional[str], message: str) -> Category:
     """The category of a failed run, from the driver's fault kind and diagnosis."""
-    if kind in ("node_down", "infra", "install", "time_limit"):
-        return "infrastructure"
-    if kind == "exited":
-        # The discovery servers are infrastructure; a worker or the frontend is the engine.
-        return "infrastructure" if message.startswith("infra ") else "engine"
-    if kind in ("not_ready", "stalled"):
-        return "engine"
-    if kind == "client":
-        return "benchmark"
-    if kind == "cancelled":
-        return "cancelled"
     if kind is None:
         # The job ended before its driver could say why: Slurm or a node took it away.
-        return "infrastructure"
-    return "internal"
+        return Category.infrastructure
+    if kind == FaultKind.exited:
+        # The discovery servers are infrastructure; a worker or the frontend is the engine.
+        return Category.infrastructure if message.startswith("infra ") else Category.engine
+    try:
+        return _FAULT_CATEGORY.get(FaultKind(kind), Category.internal)
+    except ValueError:
+        return Category.internal
+
+
+class CIReport(BaseModel):
+    """What one CI run reports: written as `ci-report.json` (in the results dir, and at
+    `--report`), read back by `ci --remote`, and rendered as the step summary and outputs.
+    Only the fields a run reached are written."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str
+    exit_code: int = EXIT_OK
+    category: Optional[Category] = None
+    warnings: list[str] = Field(default_factory=list)
+    env_used: Optional[dict[str, str]] = None
+    topology: Optional[str] = None
+    job_id: Optional[str] = None
+    results_dir: Optional[str] = None
+    diagnosis: Optional[str] = None
+    rows: Optional[list[dict[str, Any]]] = None
+    partial: Optional[bool] = None
+    plan: Optional[list[dict[str, Any]]] = Field(None, description="the plan's workers")
+    provenance: Optional[dict[str, Any]] = Field(None, description="provenance.fields: the comparable facts, flat")
+    provenance_doc: Optional[dict[str, Any]] = Field(None, description="provenance.json as recorded")
+    partition: Optional[str] = None
+    nodes: Optional[list[str]] = None
+    checks: Optional[list[dict[str, Any]]] = Field(None, description="the baseline gate's comparisons")
+    baseline: Optional[str] = None
+    archive: Optional[str] = None
+    files: Optional[list[str]] = None
+
+    @classmethod
+    def start(cls, name: str) -> "CIReport":
+        return cls(name=name, exit_code=EXIT_OK, category=None, warnings=[])
+
+    def failed(self, category: Category, diagnosis: Optional[str] = None) -> None:
+        self.category, self.exit_code = category, CATEGORY_EXIT[category]
+        if diagnosis is not None:
+            self.diagnosis = diagnosis
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
 
 
 # --- reporting -------------------------------------------------------------------------------------
@@ -92,26 +153,30 @@ def power_line(rows: list[dict[str, Any]]) -> str:
     return f"Energy from {', '.join(sources)} over each point's serving window." if sources else ""
 
 
-def markdown(rep: dict[str, Any]) -> str:
+def _category(rep: CIReport) -> str:
+    return rep.category.value if rep.category else ""
+
+
+def markdown(rep: CIReport) -> str:
     """The step summary: outcome, plan, results, baseline gate, provenance, diagnosis, files."""
-    ok = rep["exit_code"] == EXIT_OK
-    head = "passed" if ok else f"FAILED: {rep['category']} (exit {rep['exit_code']})"
-    out = [f"## inferx-slurm ci: {rep['name']} ({rep.get('topology') or '-'}): {head}", ""]
-    meta = [f"job {rep.get('job_id') or '-'}"]
-    if rep.get("partition"):
-        meta.append(f"partition `{rep['partition']}`")
-    if rep.get("nodes"):
-        meta.append(f"nodes `{','.join(rep['nodes'])}`")
-    out += [", ".join(meta) + f"; results dir `{rep.get('results_dir') or '-'}`", ""]
-    if rep.get("env_used"):
-        out += ["From the environment: " + ", ".join(f"`{k}={v}`" for k, v in rep["env_used"].items()), ""]
-    if rep.get("plan"):
+    ok = rep.exit_code == EXIT_OK
+    head = "passed" if ok else f"FAILED: {_category(rep) or None} (exit {rep.exit_code})"
+    out = [f"## inferx-slurm ci: {rep.name} ({rep.topology or '-'}): {head}", ""]
+    meta = [f"job {rep.job_id or '-'}"]
+    if rep.partition:
+        meta.append(f"partition `{rep.partition}`")
+    if rep.nodes:
+        meta.append(f"nodes `{','.join(rep.nodes)}`")
+    out += [", ".join(meta) + f"; results dir `{rep.results_dir or '-'}`", ""]
+    if rep.env_used:
+        out += ["From the environment: " + ", ".join(f"`{k}={v}`" for k, v in rep.env_used.items()), ""]
+    if rep.plan:
         out += ["### Plan", "", "| worker | parallel | GPUs | plan nodes |", "|---|---|---:|---|"]
-        out += [f"| {w['role']}-{w['index']} | {w['parallel']} | {w['gpus']} | {', '.join(map(str, w['nodes']))} |" for w in rep["plan"]]
+        out += [f"| {w['role']}-{w['index']} | {w['parallel']} | {w['gpus']} | {', '.join(map(str, w['nodes']))} |" for w in rep.plan]
         out.append("")
-    rows = rep.get("rows") or []
+    rows = rep.rows or []
     if rows:
-        out += ["### Results" + (" (partial)" if rep.get("partial") else ""), "",
+        out += ["### Results" + (" (partial)" if rep.partial else ""), "",
                 "| ISL | OSL | conc | tok/s/GPU | out tok/s/GPU | in tok/s/GPU | median TTFT ms | p99 TTFT ms | median TPOT ms | "
                 "tok/s/user | p99 E2EL ms | J/out tok | done | failed |",
                 "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -123,39 +188,39 @@ def markdown(rep: dict[str, Any]) -> str:
         out.append("")
         if line := power_line(rows):
             out += [line, ""]
-    if rep.get("checks"):
-        out += [f"### Baseline gate (against `{rep.get('baseline')}`)", "",
+    if rep.checks:
+        out += [f"### Baseline gate (against `{rep.baseline}`)", "",
                 "| ISL | OSL | conc | metric | baseline | this run | change | allowed | verdict |", "|---:|---:|---:|---|---:|---:|---:|---:|---|"]
-        for c in rep["checks"]:
+        for c in rep.checks:
             out.append(f"| {c['isl']} | {c['osl']} | {c['concurrency']} | {c['metric']} | {_fmt(c['base'], '.2f')} | {_fmt(c['new'], '.2f')} | "
                        f"{c['change_pct']:+.1f}% | {c['worse_allowed_pct']:.0f}% worse | {'**REGRESSION**' if c['regressed'] else 'ok'} |")
         out.append("")
-    for w in rep.get("warnings") or []:
+    for w in rep.warnings:
         out.append(f"> warning: {w}")
-    if rep.get("warnings"):
+    if rep.warnings:
         out.append("")
-    if rep.get("diagnosis"):
-        out += ["### Diagnosis", "", "```text", rep["diagnosis"].rstrip(), "```", ""]
-    if rep.get("provenance"):
+    if rep.diagnosis:
+        out += ["### Diagnosis", "", "```text", rep.diagnosis.rstrip(), "```", ""]
+    if rep.provenance:
         out += ["### Provenance", ""]
-        out += [f"- {k}: `{v}`" for k, v in rep["provenance"].items() if v not in (None, "", [])]
+        out += [f"- {k}: `{v}`" for k, v in rep.provenance.items() if v not in (None, "", [])]
         out.append("")
-    if rep.get("files"):
-        out += ["### Files", ""] + [f"- `{f}`" for f in rep["files"]] + [""]
+    if rep.files:
+        out += ["### Files", ""] + [f"- `{f}`" for f in rep.files] + [""]
     return "\n".join(out)
 
 
-def outputs(rep: dict[str, Any]) -> dict[str, str]:
+def outputs(rep: CIReport) -> dict[str, str]:
     """Step outputs ($GITHUB_OUTPUT): later steps read these instead of parsing logs."""
-    best = max((float(r["tput_per_gpu"]) for r in rep.get("rows") or [] if r.get("tput_per_gpu") is not None), default=None)
+    best = max((float(r["tput_per_gpu"]) for r in rep.rows or [] if r.get("tput_per_gpu") is not None), default=None)
     return {
-        "job_id": str(rep.get("job_id") or ""),
-        "results_dir": str(rep.get("results_dir") or ""),
+        "job_id": str(rep.job_id or ""),
+        "results_dir": str(rep.results_dir or ""),
         "best_tput_per_gpu": "" if best is None else f"{best:.3f}",
-        "outcome": "passed" if rep["exit_code"] == EXIT_OK else "failed",
-        "category": rep.get("category") or "",
-        "exit_code": str(rep["exit_code"]),
-        "archive": str(rep.get("archive") or ""),
+        "outcome": "passed" if rep.exit_code == EXIT_OK else "failed",
+        "category": _category(rep),
+        "exit_code": str(rep.exit_code),
+        "archive": str(rep.archive or ""),
     }
 
 
@@ -164,11 +229,11 @@ def _escape(text: str) -> str:
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
-def workflow_commands(rep: dict[str, Any]) -> list[str]:
-    lines = [f"::warning title=inferx-slurm::{_escape(w)}" for w in rep.get("warnings") or []]
-    if rep["exit_code"] != EXIT_OK:
-        first = (rep.get("diagnosis") or rep.get("category") or "failed").strip()
-        lines.append(f"::error title=inferx-slurm {rep.get('category')} (exit {rep['exit_code']})::{_escape(first)}")
+def workflow_commands(rep: CIReport) -> list[str]:
+    lines = [f"::warning title=inferx-slurm::{_escape(w)}" for w in rep.warnings]
+    if rep.exit_code != EXIT_OK:
+        first = (rep.diagnosis or _category(rep) or "failed").strip()
+        lines.append(f"::error title=inferx-slurm {_category(rep) or None} (exit {rep.exit_code})::{_escape(first)}")
     return lines
 
 

@@ -10,6 +10,7 @@ from inferx_slurm.results.baseline import DEFAULT_THRESHOLDS, parse_thresholds
 from inferx_slurm.ci.env import parse_sets
 from inferx_slurm.ci.run import CIOptions, publish, run_ci, run_ci_remote
 from inferx_slurm.commands.argtypes import add_site_arg
+from inferx_slurm.commands.output import stdout_reporter
 from inferx_slurm.commands.remote import add_remote_args, remote_from_args
 
 
@@ -19,10 +20,11 @@ def run(args: argparse.Namespace) -> int:
         thresholds=parse_thresholds(args.threshold), results_dir=args.results_dir, out_dir=args.out_dir,
         archive_max_bytes=int(args.archive_max_mb * (1 << 20)), poll_s=args.poll, site=args.site, report=args.report,
     )
+    out = stdout_reporter()
     if args.remote:
-        code, rep = run_ci_remote(opts, os.environ, remote_from_args(args))
+        code, rep = run_ci_remote(opts, os.environ, remote_from_args(args), out)
     else:
-        code, rep = run_ci(opts, os.environ)
+        code, rep = run_ci(opts, os.environ, out)
     publish(rep, os.environ)
     return code
 

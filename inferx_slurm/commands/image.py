@@ -8,7 +8,8 @@ from pathlib import Path
 
 from inferx_slurm.errors import InferxError
 from inferx_slurm.sharedfs.images import IMPORT_TIMEOUT_S, import_image
-from inferx_slurm.sharedfs.locks import say, wait_notice
+from inferx_slurm.commands.output import to_stderr
+from inferx_slurm.sharedfs.locks import wait_notice
 from inferx_slurm.commands.argtypes import seconds
 
 
@@ -20,8 +21,8 @@ def run_import(args: argparse.Namespace) -> int:
             Path(dest),
             timeout_s=args.timeout if args.timeout is not None else IMPORT_TIMEOUT_S,
             enroot=args.enroot,
-            on_wait=wait_notice("another import"),
-            log=None if args.quiet else say,
+            on_wait=wait_notice("another import", to_stderr),
+            log=None if args.quiet else to_stderr,
         )
     except OSError as exc:
         raise InferxError(f"importing {args.uri} into {dest} failed: {exc}") from None
@@ -29,7 +30,7 @@ def run_import(args: argparse.Namespace) -> int:
         print(res.model_dump_json())
     else:
         what = f"imported in {res.seconds:.1f}s" if res.imported else "already imported"
-        say(f"{res.uri}: {what}")
+        to_stderr(f"{res.uri}: {what}")
         print(res.path)
     return 0
 

@@ -8,11 +8,16 @@ import sys
 from pathlib import Path
 
 from inferx_slurm.errors import InferxError
-from inferx_slurm.job.submit import JobHandle, attach
+from inferx_slurm.job.handle import JobHandle, attach
+from inferx_slurm.job.paths import JobPaths, SweepPaths
 from inferx_slurm.recipe.topology import ROLES
 from inferx_slurm.results.table import format_table
-from inferx_slurm.sweeps.state import MANIFEST, format_progress, progress
+from inferx_slurm.sweeps.state import format_progress, progress
 from inferx_slurm.sweeps.state import rows as sweep_rows
+
+# Every job `launch` started under ./results, and every sweep root there.
+_JOBS = f"*/{JobPaths.JOB}"
+_SWEEPS = f"*/{SweepPaths.MANIFEST}"
 
 
 def find_job(ref: str) -> JobHandle:
@@ -21,7 +26,7 @@ def find_job(ref: str) -> JobHandle:
     if p.is_dir():
         return attach(p)
     if ref.isdigit():
-        for job in Path("results").glob("*/job.json"):
+        for job in Path("results").glob(_JOBS):
             try:
                 if str(json.loads(job.read_text()).get("job_id")) == ref:
                     return attach(job.parent)
@@ -32,13 +37,13 @@ def find_job(ref: str) -> JobHandle:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    refs = [args.ref] if args.ref else [str(p.parent) for p in sorted([*Path("results").glob("*/job.json"),
-                                                                       *Path("results").glob(f"*/{MANIFEST}")])]
+    refs = [args.ref] if args.ref else [str(p.parent) for p in sorted([*Path("results").glob(_JOBS),
+                                                                       *Path("results").glob(_SWEEPS)])]
     if not refs:
         print("no jobs under ./results")
         return 0
     # Every handle exists before the first asks Slurm, so one squeue answers for all of them.
-    handles = {ref: find_job(ref) for ref in refs if not (Path(ref) / MANIFEST).exists()}
+    handles = {ref: find_job(ref) for ref in refs if not SweepPaths(ref).manifest.exists()}
     for ref in refs:
         if ref not in handles:
             _sweep_status(Path(ref), args, detail=bool(args.ref))
@@ -46,13 +51,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         h = handles[ref]
         st = h.status()
         if args.json:
-            print(json.dumps({"job_id": h.job_id, "results_dir": str(h.results_dir), **st}))
+            print(json.dumps({"job_id": h.job_id, "results_dir": str(h.results_dir), **st.as_json()}))
             continue
-        print(f"{h.job_id:>8}  {st['slurm_state']:<10} {st.get('phase', '-'):<12} {h.results_dir}")
-        if st.get("diagnosis") and args.ref:
-            print(st["diagnosis"])
-        if args.ref and (h.results_dir / "summary.json").exists():
-            print(format_table(h.results()["rows"]))
+        print(f"{h.job_id:>8}  {st.slurm_state:<10} {st.phase.value:<12} {h.results_dir}")
+        if st.diagnosis and args.ref:
+            print(st.diagnosis)
+        if args.ref and h.paths.summary.exists():
+            print(format_table(h.summary().rows))
     return 0
 
 
@@ -64,9 +69,11 @@ def _sweep_status(root: Path, args: argparse.Namespace, detail: bool) -> None:
     print(f"sweep {root}: {format_progress(p)}")
     if not detail:
         return
-    for h in [attach(run) for run in sorted(q.parent for q in root.glob("*/job.json"))]:
+    runs = sorted(q.parent for q in root.glob(_JOBS))
+    # Every handle exists before the first asks Slurm, so one squeue answers for all of them.
+    for h in [attach(run) for run in runs]:
         st = h.status()
-        print(f"{h.job_id:>10}  {st['slurm_state']:<10} {st.get('phase', '-'):<12} {h.results_dir.name}")
+        print(f"{h.job_id:>10}  {st.slurm_state:<10} {st.phase.value:<12} {h.results_dir.name}")
     print(format_table(sweep_rows(root)))
 
 
@@ -78,7 +85,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         return 0
     files = h.log_files(args.role, args.index)
     if not files:
-        raise InferxError(f"no logs for role={args.role} index={args.index} in {h.results_dir}/logs")
+        raise InferxError(f"no logs for role={args.role} index={args.index} in {h.paths.logs}")
     for f in files:
         sys.stdout.write(f"==> {f} <==\n{f.read_text(errors='replace')}\n")
     return 0

@@ -8,17 +8,22 @@ import sys
 import time
 from pathlib import Path
 
-from inferx_slurm.job.slurm import ENDED_STATES
-from inferx_slurm.job.submit import RunError, default_results_dir, dry_run_text, submit_many
-from inferx_slurm.sweeps.packing import hms, pack_seconds
+from inferx_slurm.commands.argtypes import add_site_arg
+from inferx_slurm.commands.output import stderr_reporter
+from inferx_slurm.commands.remote import add_remote_args, remote_from_args
+from inferx_slurm.job.deployment import build_deployment
+from inferx_slurm.job.dry_run import dry_run_text
+from inferx_slurm.job.handle import RunError
+from inferx_slurm.job.paths import JobPaths, SweepPaths
+from inferx_slurm.job.phases import Phase
+from inferx_slurm.job.submit import build_for_submit, check_deployment, default_results_dir, submit_deployments
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.results.table import format_table, served_line
 from inferx_slurm.sweeps.expand import expand
-from inferx_slurm.sweeps.state import MANIFEST, done_points, format_progress, progress
+from inferx_slurm.sweeps.packing import hms, pack_seconds
+from inferx_slurm.sweeps.state import done_points, format_progress, progress
 from inferx_slurm.sweeps.state import rows as sweep_rows
-from inferx_slurm.sweeps.submit import fit_deployments, plan_sweep, submit_sweep, sweep_mode
-from inferx_slurm.commands.argtypes import add_site_arg
-from inferx_slurm.commands.remote import add_remote_args, remote_from_args
+from inferx_slurm.sweeps.submit import PackedJob, fit_deployments, plan_sweep, submit_sweep, sweep_mode
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,57 +31,64 @@ def run(args: argparse.Namespace) -> int:
     mode = "packed" if args.pack else args.mode
     if recipe.sweep is not None or mode or args.resume:
         return _run_sweep(args, recipe, mode)
-    deployments = expand(recipe)
+    out = stderr_reporter()
+    points = expand(recipe)
+    root = Path(args.results_dir) if args.results_dir else None
+    one = root is not None and len(points) == 1
+    if args.dry_run or args.remote:
+        cache: dict = {}
+        deps = [build_deployment(p.recipe, (root if one else (root or Path("results")) / p.name).resolve(), footprints=cache)
+                for p in points]
+    else:
+        deps = build_for_submit([(p.recipe, root if one else default_results_dir(p.recipe, root or "results")) for p in points])
     # Checked before anything is staged, submitted or uploaded.
-    deployments = fit_deployments(deployments, dry_run=args.dry_run, force=args.force)
+    deps = fit_deployments(deps, dry_run=args.dry_run, force=args.force, reporter=out)
     if args.remote:
         passthrough = [*(["--dry-run"] if args.dry_run else []), *(["--wait"] if args.wait else []),
                        *(["--force"] if args.force else []),
                        *(["--results-dir", args.results_dir] if args.results_dir else [])]
-        return remote_from_args(args).launch(recipe, passthrough)
-    root = Path(args.results_dir) if args.results_dir else None
+        return _remote_launch(args, recipe, passthrough)
     if args.dry_run:
-        for d in deployments:
-            target = (root if root and len(deployments) == 1 else (root or Path("results")) / d.name)
-            sys.stdout.write(dry_run_text(d.recipe, Path(target).resolve()))
+        for dep in deps:
+            sys.stdout.write(dry_run_text(dep, reporter=out))
         return 0
-    targets = [
-        (d.recipe, root if root and len(deployments) == 1 else default_results_dir(d.recipe, root or "results"))
-        for d in deployments
-    ]
-    handles = submit_many(targets, array_name=recipe.name, force=True)  # points were checked above
-    for d, h in zip(deployments, handles):
-        print(f"submitted {d.name}: job {h.job_id}, results in {h.results_dir}", flush=True)
+    for dep in deps:
+        check_deployment(dep, force=True)  # points beyond KV capacity were checked above
+    handles = submit_deployments(deps, array_name=recipe.name, reporter=out)
+    for dep, h in zip(deps, handles):
+        print(f"submitted {dep.name}: job {h.job_id}, results in {h.results_dir}", flush=True)
     if not args.wait:
         return 0
     return _wait_all(handles)
 
 
+def _remote_launch(args: argparse.Namespace, recipe: Recipe, passthrough: list[str]) -> int:
+    from inferx_slurm.commands.output import to_stderr, to_stdout
+
+    return remote_from_args(args).launch(recipe, passthrough, out=to_stdout, err=to_stderr)
+
+
 def _run_sweep(args: argparse.Namespace, recipe: Recipe, mode: str | None) -> int:
+    out = stderr_reporter()
     m = sweep_mode(recipe, mode)
     resume = Path(args.resume) if args.resume else None
-    done = frozenset(done_points(resume)) if resume and (resume / MANIFEST).exists() else frozenset()
-    deployments, packs = plan_sweep(recipe, m, done, dry_run=args.dry_run, force=args.force)
-    if args.remote:
-        passthrough = [*(["--dry-run"] if args.dry_run else []), *(["--wait"] if args.wait else []),
-                       *(["--force"] if args.force else []),
-                       *(["--results-dir", args.results_dir] if args.results_dir else []),
-                       *(["--mode", m.value]), *(["--resume", args.resume] if args.resume else [])]
-        return remote_from_args(args).launch(recipe, passthrough)
-    if args.dry_run:
+    done = frozenset(done_points(resume)) if resume and SweepPaths(resume).manifest.exists() else frozenset()
+    if args.remote or args.dry_run:
         root = Path(args.results_dir or args.resume or f"results/{recipe.name}").resolve()
-        if packs:
-            sys.stdout.write(pack_plan_text(recipe, packs))
-            for p in packs:
-                for s in p.starts:
-                    for d in s.deployments:
-                        sys.stdout.write(dry_run_text(d.recipe, root / d.name, engine=s.engine))
-        else:
-            for d in deployments:
-                sys.stdout.write(dry_run_text(d.recipe, root / d.name))
+        plan = plan_sweep(recipe, m, lambda name: root / name, done, dry_run=args.dry_run, force=args.force, reporter=out)
+        if args.remote:
+            passthrough = [*(["--dry-run"] if args.dry_run else []), *(["--wait"] if args.wait else []),
+                           *(["--force"] if args.force else []),
+                           *(["--results-dir", args.results_dir] if args.results_dir else []),
+                           *(["--mode", m.value]), *(["--resume", args.resume] if args.resume else [])]
+            return _remote_launch(args, recipe, passthrough)
+        if plan.packs:
+            sys.stdout.write(pack_plan_text(recipe, plan.packs))
+        for dep in plan.deployments + [d for j in plan.packs for _, d in j.entries]:
+            sys.stdout.write(dry_run_text(dep, reporter=out))
         return 0
     root, handles = submit_sweep(recipe, Path(args.results_dir) if args.results_dir else None, mode=m.value, resume=resume,
-                                 force=args.force)
+                                 force=args.force, reporter=out)
     print(f"sweep {recipe.name} ({m.value}): results root {root}", flush=True)
     if not handles:
         print("every point of the sweep is already done; nothing submitted")
@@ -87,13 +99,14 @@ def _run_sweep(args: argparse.Namespace, recipe: Recipe, mode: str | None) -> in
     return _wait_sweep(root, handles)
 
 
-def pack_plan_text(recipe: Recipe, packs: list) -> str:
+def pack_plan_text(recipe: Recipe, jobs: list[PackedJob]) -> str:
     out = ["# packed sweep: one allocation per shape, deployments one after another"]
-    for p in packs:
+    for p in (j.pack for j in jobs):
         out.append(f"# allocation {p.index}: {p.nodes} nodes, about {hms(pack_seconds(recipe, p))} needed "
                    f"of slurm.time {recipe.slurm.time}, {len(p.starts)} engine starts")
         for k, s in enumerate(p.starts):
-            out.append(f"#   engine start {k}: " + ", ".join(f"{d.name} ({len(d.recipe.benchmark.concurrency)} points)" for d in s.deployments))
+            out.append(f"#   engine start {k}: " + ", ".join(f"{d.name} ({len(d.recipe.benchmark.concurrency)} points)"
+                                                        for d in s.sweep_points))
     return "\n".join(out) + "\n\n"
 
 
@@ -112,7 +125,7 @@ def _wait_sweep(root: Path, handles: list) -> int:
             if shown != last:
                 print(format_progress(p), flush=True)
                 last = shown
-            if all(_finished(h) for h in handles):
+            if all(h.finished() for h in handles):
                 break
             time.sleep(2)
     finally:
@@ -121,18 +134,13 @@ def _wait_sweep(root: Path, handles: list) -> int:
     rc = 0
     for h in handles:
         st = h.status()
-        if st.get("phase") != "done":
+        if st.phase is not Phase.done:
             rc = 1
-            diag = st.get("diagnosis") or f"ended {st.get('slurm_state')} before it ran (phase {st.get('phase')})"
+            diag = st.diagnosis or f"ended {st.slurm_state} before it ran (phase {st.phase.value})"
             print(f"{h.results_dir.name} FAILED:\n{diag}", file=sys.stderr, flush=True)
     print(format_table(sweep_rows(root)))
-    print(f"results: {root}/*/summary.json; re-run with --resume {root} to run what is not done")
+    print(f"results: {root}/*/{JobPaths.SUMMARY}; re-run with --resume {root} to run what is not done")
     return rc
-
-
-def _finished(h) -> bool:
-    st = h.status()
-    return st.get("phase") in ("done", "failed") or st["slurm_state"] in ENDED_STATES
 
 
 def _wait_all(handles: list) -> int:
@@ -146,13 +154,13 @@ def _wait_all(handles: list) -> int:
     try:
         for h in handles:
             try:
-                summary = h.wait(on_status=lambda st, h=h: print(f"job {h.job_id}: {st.get('phase')} ({st.get('slurm_state')})", flush=True))
+                summary = h.wait(on_status=lambda st, h=h: print(f"job {h.job_id}: {st.phase.value} ({st.slurm_state})", flush=True))
                 print(format_table(summary["rows"]))
                 print(served_line(summary))
-                print(f"results: {h.results_dir}/summary.json")
+                print(f"results: {h.paths.summary}")
             except RunError as e:
                 print(f"job {h.job_id} FAILED:\n{e}", file=sys.stderr, flush=True)
-                print(f"logs kept in {h.results_dir}/logs", file=sys.stderr)
+                print(f"logs kept in {h.paths.logs}", file=sys.stderr)
                 rc = 1
     finally:
         for s, f in old.items():

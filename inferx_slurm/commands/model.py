@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from inferx_slurm.errors import InferxError
-from inferx_slurm.sharedfs.locks import say, wait_notice
+from inferx_slurm.commands.output import to_stderr
+from inferx_slurm.sharedfs.locks import wait_notice
 from inferx_slurm.sharedfs.staging import STAGE_TIMEOUT_S, StageSourceError, stage_model
 from inferx_slurm.commands.argtypes import positive_int, seconds
 from inferx_slurm.commands.model_cache import add_cache_parser
@@ -26,8 +27,8 @@ def run_stage(args: argparse.Namespace) -> int:
             checksum=args.checksum,
             timeout_s=args.timeout if args.timeout is not None else STAGE_TIMEOUT_S,
             name=args.name,
-            on_wait=wait_notice("another stager"),
-            log=None if args.quiet else say,
+            on_wait=wait_notice("another stager", to_stderr),
+            log=None if args.quiet else to_stderr,
         )
     except OSError as exc:
         raise InferxError(f"staging {args.src} into {dest} failed: {exc}") from None
@@ -35,10 +36,10 @@ def run_stage(args: argparse.Namespace) -> int:
         print(res.model_dump_json())
     else:
         if res.reused:
-            say(f"{res.source}: already staged")
+            to_stderr(f"{res.source}: already staged")
         else:
             rate = res.bytes_copied / res.seconds / 1e6 if res.seconds > 0 else 0.0
-            say(
+            to_stderr(
                 f"{res.source}: {res.files_copied} files copied ({res.bytes_copied / 1e9:.2f} GB, "
                 f"{rate:.0f} MB/s), {res.files_skipped} already there"
             )

@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from inferx_slurm.errors import RecipeError
+from inferx_slurm.errors import RecipeError, raise_problems
+from inferx_slurm.job.deployment import serve_staged
 from inferx_slurm.job.node_cache import where_lines
-from inferx_slurm.job.submit import dry_run_staged
-from inferx_slurm.planning.feasibility import format_memory, raise_errors
+from inferx_slurm.planning.feasibility import format_memory
 from inferx_slurm.planning.placement import format_plan, plan_recipe, plan_topology
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.site import settings_json, settings_lines
@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from inferx_slurm.planning.feasibility import footprint, plan_memory
 
-        deployments = expand(recipe)
-        fp = footprint(deployments[0].recipe)  # one model for every deployment: read its headers once
-        plans = [(d.name, plan_recipe(d.recipe), plan_memory(d.recipe, fp)) for d in deployments]
+        points = expand(recipe)
+        fp = footprint(points[0].recipe)  # one model for every point: read its headers once
+        plans = [(p.name, plan, plan_memory(p.recipe, fp, plan=plan)) for p in points for plan in [plan_recipe(p.recipe)]]
     if args.json:
         settings = {"settings": settings_json(recipe)} if recipe is not None else {}
         docs = [{**p.model_dump(mode="json"), **({"memory": m.model_dump(mode="json")} if m else {}), **settings}
@@ -53,14 +53,15 @@ def run(args: argparse.Namespace) -> int:
             blocks.append(format_plan(p, title=name) + (f"\n\n{format_memory(m)}" if m else ""))
         if recipe is not None:
             blocks.append("\n".join(["settings (recipe > site > default):", *(f"  {line}" for line in settings_lines(recipe))]))
-            weights = where_lines(recipe, dry_run_staged(recipe), plans[0][1])
+            weights = where_lines(recipe, serve_staged(recipe), plans[0][1])
             if weights:
                 blocks.append("\n".join(weights))
         print("\n\n".join(blocks))
         for _, _, m in plans:
             for w in m.warnings if m else []:
                 print(f"warning: {w}", file=sys.stderr)
-    raise_errors([e for _, _, m in plans if m for e in m.errors], str(plans[0][1].topology) if len(plans) == 1 else args.spec)
+    raise_problems([e for _, _, m in plans if m for e in m.errors], field="topology",
+                   value=str(plans[0][1].topology) if len(plans) == 1 else args.spec)
     return 0
 
 

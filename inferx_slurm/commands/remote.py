@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from inferx_slurm.commands.output import to_stderr, to_stdout
 from inferx_slurm.errors import RecipeError
 from inferx_slurm.job.remote import Remote
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise RecipeError("ARGS", "", "give the subcommand to run remotely, e.g. -- status 1234")
-    return remote_from_args(args, args.target).run(argv)
+    return remote_from_args(args, args.target).run(argv, out=to_stdout, err=to_stderr)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

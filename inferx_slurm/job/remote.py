@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,13 +167,15 @@ class Remote:
             raise RemoteError(f"ssh jump host {peer[0]}:{peer[1]} would not forward to {to.hostname}:{to.port} ({e}); "
                               "it needs AllowTcpForwarding yes") from None
 
-    def run(self, argv: list[str], *, out: Callable[[str], None] = print, err: Optional[Callable[[str], None]] = None,
+    def run(self, argv: list[str], *, out: Optional[Callable[[str], None]] = None, err: Optional[Callable[[str], None]] = None,
             client=None) -> int:
-        """Run `command ARGV` on the login node, streaming its output; returns its exit status."""
+        """Run `command ARGV` on the login node, streaming its stdout and stderr lines to `out`
+        and `err` (dropped where not given); returns its exit status."""
         if client is None:
             with self.session() as c:
                 return self.run(argv, out=out, err=err, client=c)
-        err = err or (lambda line: print(line, file=sys.stderr))
+        out = out or _drop
+        err = err or _drop
         # export, not a VAR=value prefix: the command may be several (cd DIR && ...).
         env = "".join(f"export {k}={shlex.quote(v)}; " for k, v in self.env.items())
         line = f"{env}{self.command} {shlex.join(argv)}"
@@ -260,6 +261,10 @@ class Remote:
             # Only what this side set (recipe and site): the cluster's own site file fills the rest there.
             path = self.upload(recipe.to_yaml(only_set=True), f"{recipe.name}-{stamp}.yaml", client=client)
             return self.run([subcommand, path, *args], client=client, **kw)
+
+
+def _drop(line: str) -> None:
+    pass
 
 
 def _mkdirs(sftp, path: str) -> None:

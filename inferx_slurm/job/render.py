@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from inferx_slurm.engines import node_commands, preflight_needs, startup_timeout
 from inferx_slurm.engines.common import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags, http_port
 from inferx_slurm.job import node_cache
+from inferx_slurm.job.paths import JobPaths
 from inferx_slurm.planning.placement import PORTS_PER_WORKER, Plan, WorkerPlacement, plan_recipe
 from inferx_slurm.planning.ports import PORTS_DIR, PORTS_SCRIPT, WORKER_BLOCK, PortVar, port_or_ref, ports_file, request
 from inferx_slurm.recipe.profiles import PROFILES
@@ -99,7 +100,7 @@ def exports(env: dict[str, str]) -> str:
 def discovery_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
     fe = recipe.frontend
     if fe.discovery is Discovery.file:
-        return {"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": f"{job_dir}/discovery"}
+        return {"DYN_DISCOVERY_BACKEND": "file", "DYN_FILE_KV": str(JobPaths(job_dir).discovery)}
     return {
         "ETCD_ENDPOINTS": f"http://{INFRA_ADDR}:{port_or_ref(fe.etcd_port, PortVar.etcd)}",
         "NATS_SERVER": f"nats://{INFRA_ADDR}:{port_or_ref(fe.nats_port, PortVar.nats)}",
@@ -155,7 +156,7 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
     env = base_env(recipe, job_dir)
     env.update(recipe.engine.env)
     env.update(recipe.engine.role(w.role).env)
-    cache_root = f"{job_dir}/cache"
+    cache_root = str(JobPaths(job_dir).cache)
     cache = "\n".join([
         *(f'export {var}={shell_word(cache_root)}/"$(hostname)"/{var.lower()}' for var in PROFILES[recipe.profile].per_node_cache_vars),
         *node_cache.serve_lines(recipe, job_dir, w.name),
@@ -178,7 +179,7 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
         template("worker.sh"),
         title=f"{w.name}: {w.parallel} over {w.gpus} GPUs on plan nodes {', '.join(map(str, w.nodes))}",
         script_name=f"{w.name}.sh",
-        nodes_env=shell_word(f"{job_dir}/nodes.env"),
+        nodes_env=shell_word(str(JobPaths(job_dir).nodes_env)),
         leader_node=str(w.leader),
         frontend_node=str(plan.frontend_node),
         env_exports=exports(env),
@@ -187,16 +188,16 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
         worker=w.name,
         ports=worker_ports(recipe, w, job_dir),
         identity_check=identity_check(recipe, w.name, job_dir, w.role),
-        pid_dir=shell_word(f"{job_dir}/logs"),
+        pid_dir=shell_word(str(JobPaths(job_dir).logs)),
         cases="\n".join(cases),
     )
 
 
-IDENTITY_PROBE = "scripts/identity_probe.py"
+IDENTITY_PROBE = JobPaths.script_rel("identity_probe.py")
 # Modules the job dir carries a copy of, for the nodes to run: a dry run names them, not their text.
 COPIED_AS_IS = {IDENTITY_PROBE: "inferx_slurm/runtime/identity_probe.py", PORTS_SCRIPT: "inferx_slurm/runtime/ports.py"}
 # Standard library only (ctypes NVML), so any python3 on a compute node runs it.
-GPUMON_SCRIPT = "scripts/gpumon.py"
+GPUMON_SCRIPT = JobPaths.script_rel("gpumon.py")
 
 
 def environment_name(recipe: Recipe) -> str:
@@ -211,7 +212,7 @@ def identity_check(recipe: Recipe, worker: str, job_dir: str, role: str = "decod
     argv = [recipe.engine.python, f"{job_dir}/{IDENTITY_PROBE}", "--backend", recipe.engine.backend.value,
             "--model", recipe.model.path, "--expect", json.dumps(recipe.expect.worker_checks(), sort_keys=True),
             "--require", ",".join(preflight_needs(recipe, role)), "--where", environment_name(recipe)]
-    out = shell_word(f"{job_dir}/provenance/{worker}") + '.n"$node_rank".json'
+    out = shell_word(str(JobPaths(job_dir).worker_report(worker))) + '.n"$node_rank".json'
     return f"{shell_join(argv)} --out {out}"
 
 
@@ -287,6 +288,8 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
     """Every script of the job and the srun steps that run them."""
     plan = plan or plan_recipe(recipe)
     job_dir = str(PurePosixPath(job_dir))
+    paths = JobPaths(job_dir)
+    script = JobPaths.script_rel
     files: dict[str, str] = {}
     steps: list[Step] = []
     fe_node = plan.frontend_node
@@ -294,19 +297,19 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
     # The engine's own server answers the clients itself: no frontend, no discovery.
     dynamo_front = recipe.frontend.server == "dynamo"
     if dynamo_front and recipe.frontend.discovery is Discovery.etcd_nats:
-        files["scripts/infra.sh"] = fill(
+        files[script("infra.sh")] = fill(
             template("infra.sh"),
             discovery=recipe.frontend.discovery.value,
-            nodes_env=shell_word(f"{job_dir}/nodes.env"),
+            nodes_env=shell_word(str(paths.nodes_env)),
             frontend_node=str(fe_node),
-            state_dir=shell_word(f"{job_dir}/infra"),
+            state_dir=shell_word(str(paths.infra)),
             # The host's python3, like the infra servers themselves: this step runs outside the container.
             ports=port_line("python3", job_dir, "infra", [
                 request("frontend.etcd_port", recipe.frontend.etcd_port, (PortVar.etcd, PortVar.etcd_peer)),
                 request("frontend.nats_port", recipe.frontend.nats_port, (PortVar.nats,))]),
             body=infra_body(recipe),
         )
-        steps.append(Step(name="infra", kind="infra", node=fe_node, script="scripts/infra.sh", startup_timeout_s=60))
+        steps.append(Step(name="infra", kind="infra", node=fe_node, script=script("infra.sh"), startup_timeout_s=60))
 
     if node_cache.spec(recipe):
         files[node_cache.SCRIPT] = fill(template("node_cache.sh"), results=f"{job_dir}/{node_cache.RESULTS_DIR}",
@@ -316,32 +319,32 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
                               startup_timeout_s=node_cache.STEP_TIMEOUT_S))
 
     if recipe.engine.dynamo_install:
-        files["scripts/install.sh"] = install_script(recipe)
+        files[script("install.sh")] = install_script(recipe)
         for node in range(plan.total_nodes):
-            steps.append(Step(name=f"install.node{node}", kind="install", node=node, script="scripts/install.sh",
+            steps.append(Step(name=f"install.node{node}", kind="install", node=node, script=script("install.sh"),
                               startup_timeout_s=INSTALL_TIMEOUT_S))
 
     if dynamo_front:
-        files["scripts/frontend.sh"] = fill(
+        files[script("frontend.sh")] = fill(
             template("frontend.sh"),
             http_port=f"port {recipe.frontend.http_port}" if recipe.frontend.http_port else "a free port chosen at start",
-            nodes_env=shell_word(f"{job_dir}/nodes.env"),
+            nodes_env=shell_word(str(paths.nodes_env)),
             frontend_node=str(fe_node),
             ports=port_line(recipe.engine.python, job_dir, "frontend",
                             [request("frontend.http_port", recipe.frontend.http_port, (PortVar.http,))],
                             takes=infra_takes(recipe, job_dir)),
             env_exports=exports(base_env(recipe, job_dir)),
-            pid_dir=shell_word(f"{job_dir}/logs"),
+            pid_dir=shell_word(str(paths.logs)),
             command=shell_join(frontend_argv(recipe)),
         )
-        steps.append(Step(name="frontend", kind="frontend", node=fe_node, script="scripts/frontend.sh", startup_timeout_s=120))
+        steps.append(Step(name="frontend", kind="frontend", node=fe_node, script=script("frontend.sh"), startup_timeout_s=120))
 
     files[IDENTITY_PROBE] = identity_probe_source()
     files[PORTS_SCRIPT] = resources.files("inferx_slurm").joinpath("runtime", "ports.py").read_text()
     engine = node_cache.engine_recipe(recipe)  # with the node cache on, engines read their node's copy
     for w in plan.workers:
         cmds = node_commands(engine, plan, w)
-        files[f"scripts/{w.name}.sh"] = worker_script(engine, plan, w, cmds, job_dir)
+        files[script(f"{w.name}.sh")] = worker_script(engine, plan, w, cmds, job_dir)
         for c in cmds:
             steps.append(
                 Step(
@@ -352,7 +355,7 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
                     node=c.node,
                     node_rank=c.node_rank,
                     gpus=len(w.slices[c.node_rank].gpus),
-                    script=f"scripts/{w.name}.sh",
+                    script=script(f"{w.name}.sh"),
                     leader=c.leader,
                     startup_timeout_s=startup_timeout(recipe, w.role),
                 )
@@ -360,12 +363,12 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
     interval = recipe.benchmark.gpu_metrics_interval_s
     if interval:
         files[GPUMON_SCRIPT] = resources.files("inferx_slurm").joinpath("runtime", "gpumon.py").read_text()
-        files["scripts/gpumon.sh"] = fill(
-            template("gpumon.sh"), script=shell_word(f"{job_dir}/{GPUMON_SCRIPT}"), out_dir=shell_word(f"{job_dir}/logs"),
+        files[script("gpumon.sh")] = fill(
+            template("gpumon.sh"), script=shell_word(str(paths.file(GPUMON_SCRIPT))), out_dir=shell_word(str(paths.logs)),
             interval=shell_word(str(interval)),
         )
         for node in range(plan.total_nodes):
-            steps.append(Step(name=f"gpumon.node{node}", kind="monitor", node=node, gpus=plan.gpus_per_node, script="scripts/gpumon.sh"))
+            steps.append(Step(name=f"gpumon.node{node}", kind="monitor", node=node, gpus=plan.gpus_per_node, script=script("gpumon.sh")))
     return RenderedJob(job_dir=job_dir, files=files, steps=steps, env={"INFERX_JOB_DIR": job_dir})
 
 
@@ -416,13 +419,13 @@ def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Option
     gpus = recipe.gpus_per_node if step.gpus else 0
     argv = [
         "srun", "--overlap", "--mem=0", f"--gpus-per-node={gpus}", "--nodes=1", "--ntasks=1", f"--nodelist={host}",
-        f"--job-name={step.name}", f"--output={job_dir}/logs/{step.name}.log", "--open-mode=append",
+        f"--job-name={step.name}", f"--output={JobPaths(job_dir).log(step.name)}", "--open-mode=append",
         "--kill-on-bad-exit=1",
     ]
     if recipe.container.runtime is ContainerRuntime.pyxis and image and step.kind in CONTAINER_STEPS:
         argv += pyxis_flags(recipe, step, job_dir, image, job_id)
     argv += list(recipe.slurm.srun_args)
-    argv += ["bash", f"{job_dir}/{step.script}"]
+    argv += ["bash", str(JobPaths(job_dir).file(step.script))]
     if step.kind == "worker":
         argv.append(str(step.node_rank))
     elif step.kind == "node_cache":

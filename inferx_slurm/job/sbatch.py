@@ -1,16 +1,18 @@
-"""Slurm submission parameters for a deployment, and the batch script they make.
-
-Jobs are submitted through submitit's SlurmExecutor, which writes the batch script from these
-parameters; a dry run renders the same text here (tests compare the two), so the sbatch script
-a dry run prints is the one that would be submitted.
-"""
+"""Slurm submission: the parameters of a deployment's job, the batch script they make, and the
+one call that hands jobs to sbatch through submitit. The batch script is rendered here from the
+parameters (tests check it equals the file submitit submits), so the sbatch script a dry run
+prints is the one that would be submitted."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import subprocess
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+from inferx_slurm.errors import SubmitError
 from inferx_slurm.planning.placement import Plan
 from inferx_slurm.recipe.schema import Recipe
 
@@ -93,11 +95,52 @@ def runner_command(python: str, folder: str | Path) -> str:
     return f"{python} {SUBMITIT_RUNNER} {shlex.quote(str(Path(folder).expanduser().absolute()))}"
 
 
-def sbatch_script(recipe: Recipe, plan: Plan, folder: str | Path) -> str:
-    """The batch script submitit writes when it submits this deployment with `folder` as its folder."""
+def sbatch_text(python: str, params: dict[str, Any], folder: str | Path) -> str:
+    """The batch script submitit writes for these parameters (one job), its runner under `python`."""
     from submitit import JobEnvironment
 
+    return batch_script(runner_command(python, folder), folder, params, signal=JobEnvironment.USR_SIG)
+
+
+def sbatch_script(recipe: Recipe, plan: Plan, folder: str | Path) -> str:
+    """The batch script submitit writes when it submits this deployment with `folder` as its folder."""
     from inferx_slurm.job.interpreter import node_python
 
-    return batch_script(runner_command(node_python(recipe), folder), folder, executor_params(recipe, plan),
-                        signal=JobEnvironment.USR_SIG)
+    return sbatch_text(node_python(recipe), executor_params(recipe, plan), folder)
+
+
+@contextlib.contextmanager
+def slurm_environ(env: dict[str, str]) -> Iterator[None]:
+    """This process's environment with `env` over it, for the duration: sbatch reads SLURM_CONF
+    and friends from the environment of the submitting process."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def submit_to_slurm(folder: Path, python: str, params: dict[str, Any], calls: Sequence[tuple[Callable[..., Any], str]],
+                    env: dict[str, str]) -> list[Any]:
+    """Submit `fn(arg)` for each call: one job, or one job array when there are several; returns
+    submitit's jobs. A refusal by sbatch is a SubmitError with sbatch's own words."""
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=folder, python=python)
+    executor.update_parameters(**params)
+    with slurm_environ(env):
+        try:
+            if len(calls) == 1:
+                return [executor.submit(calls[0][0], calls[0][1])]
+            with executor.batch():
+                jobs = [executor.submit(fn, arg) for fn, arg in calls]
+            return jobs
+        except subprocess.CalledProcessError as e:
+            raise SubmitError(f"sbatch refused the job: {(e.stderr or b'').decode(errors='replace').strip() or e}") from None
+        except Exception as e:  # submitit wraps sbatch failures in several types
+            raise SubmitError(f"sbatch refused the job: {e}") from None

@@ -13,16 +13,16 @@ points. Verdicts:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from inferx_slurm.engines import engine_memory
 from inferx_slurm.engines.common import cuda_graph_sizes
-from inferx_slurm.errors import RecipeError
+from inferx_slurm.errors import FieldProblem, raise_problems
 from inferx_slurm.planning.footprint import GB, Footprint, footprint_from_split, footprint_from_tensors, footprint_from_total
 from inferx_slurm.planning.memory import KV_SHARE, EngineMemory, Point, RoleMemory, alternatives, describe, plan_role
-from inferx_slurm.planning.placement import plan_recipe
+from inferx_slurm.planning.placement import Plan, plan_recipe
 from inferx_slurm.recipe.profiles import PROFILES
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.topology import Parallelism
@@ -41,7 +41,8 @@ class MemoryPlan(BaseModel):
     stored_gb: dict[str, float] = Field(default_factory=dict, description="bytes as stored per kind (expert, dense, embed, ...)")
     formats: dict[str, list[str]] = Field(default_factory=dict, description="storage formats per kind")
     roles: list[RoleMemory]
-    errors: list[str] = Field(default_factory=list, description="roles with no KV room and the smallest change that fits")
+    errors: list[Annotated[FieldProblem, PlainSerializer(str, return_type=str)]] = Field(
+        default_factory=list, description="roles with no KV room and the smallest change that fits")
     warnings: list[str] = Field(default_factory=list, description="points beyond a role's KV capacity")
 
     def role(self, name: str) -> RoleMemory:
@@ -117,8 +118,10 @@ def draft_model_bytes(recipe: Recipe) -> Optional[int]:
     return None if gb is None else int(gb * 1e9)
 
 
-def plan_memory(recipe: Recipe, fp: Optional[Footprint], *, draft_bytes: Optional[int] = None) -> Optional[MemoryPlan]:
-    """Every role's memory for a recipe and footprint; None when GPU memory or the model size is unknown."""
+def plan_memory(recipe: Recipe, fp: Optional[Footprint], *, plan: Optional[Plan] = None,
+                draft_bytes: Optional[int] = None) -> Optional[MemoryPlan]:
+    """Every role's memory for a recipe (placed by `plan`) and footprint; None when GPU memory
+    or the model size is unknown."""
     draft_unknown = False
     if draft_bytes is None:
         measured = draft_model_bytes(recipe)
@@ -126,7 +129,7 @@ def plan_memory(recipe: Recipe, fp: Optional[Footprint], *, draft_bytes: Optiona
     gpu = gpu_memory_gb(recipe)
     if gpu is None or fp is None:
         return None
-    plan = plan_recipe(recipe)
+    plan = plan or plan_recipe(recipe)
     prof = PROFILES[recipe.profile]
     roles, errors, warnings = [], [], []
     if draft_unknown:
@@ -145,7 +148,7 @@ def plan_memory(recipe: Recipe, fp: Optional[Footprint], *, draft_bytes: Optiona
         roles.append(rm)
         if rm.verdict == "no_kv_room":
             fixes = _fixes(recipe, plan.gpus_per_node, role, par, workers, fp, eng, gpu, points, kw)
-            errors.append(_no_room_message(rm, fixes))
+            errors.append(FieldProblem(field=f"topology.{role}", value=str(recipe.topology), valid=_no_room_message(rm, fixes)))
         for p in rm.over if rm.verdict != "no_kv_room" else []:
             warnings.append(
                 f"{role} {rm.parallel}: {p.scenario} at concurrency {p.concurrency} puts {p.tokens_per_rank} tokens on each of "
@@ -199,10 +202,10 @@ def _no_room_message(rm: RoleMemory, fixes: list[str]) -> str:
         total, n = rm.weights_gb * _size(rm.parallel), 1
         while total / n > rm.budget_gb * (1 - KV_SHARE):
             n *= 2
-        return (f"topology.{rm.role}: {rm.parallel} puts {rm.weights_gb:.1f} GB of weights on each {rm.gpu_gb:.0f} GB GPU, "
+        return (f"{rm.parallel} puts {rm.weights_gb:.1f} GB of weights on each {rm.gpu_gb:.0f} GB GPU, "
                 f"leaving less than 10% of the {rm.budget_gb:.1f} GB budget for KV cache; use at least {n} GPUs per {rm.role} worker")
     fix = "; smallest change that fits: " + ", or ".join(fixes) if fixes else "; no wider worker up to 8x fits: use a GPU with more memory or a smaller checkpoint"
-    return f"topology.{rm.role}: no room for KV cache: {describe(rm)}{fix}"
+    return f"no room for KV cache: {describe(rm)}{fix}"
 
 
 def _size(parallel: str) -> int:
@@ -212,8 +215,11 @@ def _size(parallel: str) -> int:
 # ---- entry points for the CLI and the launcher ------------------------------------------------
 
 
-def memory_plan(recipe: Recipe, *, draft_bytes: Optional[int] = None) -> Optional[MemoryPlan]:
-    return plan_memory(recipe, footprint(recipe), draft_bytes=draft_bytes)
+def memory_plan(recipe: Recipe, *, plan: Optional[Plan] = None, draft_bytes: Optional[int] = None) -> Optional[MemoryPlan]:
+    return plan_memory(recipe, footprint(recipe), plan=plan, draft_bytes=draft_bytes)
+
+
+OVER_CAPACITY_FIX = " (lower the concurrency, or pass --force to run it anyway)"
 
 
 def require_fit(recipe: Recipe, *, force: bool = False, mp: Optional[MemoryPlan] = None) -> Optional[MemoryPlan]:
@@ -221,25 +227,11 @@ def require_fit(recipe: Recipe, *, force: bool = False, mp: Optional[MemoryPlan]
     mp = mp if mp is not None else memory_plan(recipe)
     if mp is None:
         return None
-    problems = list(mp.errors)
-    if not force and mp.warnings:
-        problems += [w + " (lower the concurrency, or pass --force to run it anyway)" for w in mp.warnings]
-    if len(problems) == 1:
-        field, msg = problems[0].split(": ", 1) if problems[0].startswith("topology.") else ("benchmark.concurrency", problems[0])
-        raise RecipeError(field, str(recipe.topology), msg)
-    if problems:
-        raise RecipeError("topology", str(recipe.topology), "", problems=problems)
+    topology = str(recipe.topology)
+    over = [] if force else [FieldProblem(field="benchmark.concurrency", value=topology, valid=w + OVER_CAPACITY_FIX)
+                             for w in mp.warnings]
+    raise_problems([*mp.errors, *over], field="topology", value=topology)
     return mp
-
-
-def raise_errors(errors: list[str], value: str) -> None:
-    """Raise the no-KV-room errors of one or more plans as one RecipeError (exit 2)."""
-    errors = list(dict.fromkeys(errors))
-    if len(errors) == 1:
-        field, msg = errors[0].split(": ", 1)
-        raise RecipeError(field, value, msg)
-    if errors:
-        raise RecipeError("topology", value, "", problems=errors)
 
 
 def format_memory(mp: MemoryPlan) -> str:

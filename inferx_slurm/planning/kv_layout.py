@@ -88,11 +88,18 @@ def layout_problems(recipe: Recipe, plan: Plan) -> list[RecipeError]:
     return out
 
 
+def layout_error(recipe: Recipe, plan: Plan) -> Optional[RecipeError]:
+    """The refusal of a deployment whose prefill and decode KV layouts differ (every mismatch in
+    one error), or None when they agree."""
+    problems = layout_problems(recipe, plan)
+    if len(problems) <= 1:
+        return problems[0] if problems else None
+    first = problems[0]
+    return RecipeError(first.field, first.value, first.valid, problems=[str(e) for e in problems])
+
+
 def require_kv_layout(recipe: Recipe, plan: Plan) -> None:
     """Refuse a deployment whose prefill and decode KV layouts differ (exit 2, before submit)."""
-    problems = layout_problems(recipe, plan)
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        first = problems[0]
-        raise RecipeError(first.field, first.value, first.valid, problems=[str(e) for e in problems])
+    err = layout_error(recipe, plan)
+    if err is not None:
+        raise err

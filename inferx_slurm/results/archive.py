@@ -15,11 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from inferx_slurm.benchmark.aiperf import AIPERF_EXPORT
+from inferx_slurm.job.paths import JobPaths as J
+
 # Most useful first: the diagnosis and summaries, then step logs, then raw client output.
 _ORDER = [
-    "diagnosis.txt", "summary.json", "status.json", "provenance.json", "recipe.yaml", "plan.json", "job.json",
-    "logs/*.log", "provenance/*.json", "bench/**/client.log", "bench/**/profile_export_aiperf.json",
-    "logs/*.jsonl", "submitit/*", "scripts/*", "bench/**/*.jsonl", "bench/**/*",
+    J.DIAGNOSIS, J.SUMMARY, J.STATUS, J.PROVENANCE, J.RECIPE_YAML, J.PLAN, J.JOB,
+    f"{J.LOGS}/*.log", f"{J.WORKER_REPORTS}/*.json", f"{J.BENCH}/**/{J.CLIENT_LOG}", f"{J.BENCH}/**/{AIPERF_EXPORT}",
+    f"{J.LOGS}/*.jsonl", f"{J.SUBMITIT}/*", f"{J.SCRIPTS}/*", f"{J.BENCH}/**/*.jsonl", f"{J.BENCH}/**/*",
 ]
 
 

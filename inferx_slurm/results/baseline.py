@@ -13,6 +13,7 @@ from typing import Any
 
 from inferx_slurm.benchmark.records import LATENCY_KEYS
 from inferx_slurm.errors import RecipeError
+from inferx_slurm.job.paths import JobPaths
 
 # metric -> (higher is better, allowed worsening in %)
 DEFAULT_THRESHOLDS: dict[str, tuple[bool, float]] = {
@@ -69,8 +70,8 @@ def _from_agg(doc: dict[str, Any]) -> dict[str, Any]:
 def load_rows(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     try:
-        if p.is_dir() and (p / "summary.json").is_file():
-            return json.loads((p / "summary.json").read_text()).get("rows", [])
+        if p.is_dir() and JobPaths(p).summary.is_file():
+            return json.loads(JobPaths(p).summary.read_text()).get("rows", [])
         if p.is_file() and p.name.startswith("agg_"):
             return [_from_agg(json.loads(p.read_text()))]
         if p.is_file():
@@ -81,7 +82,7 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
                 return [_from_agg(json.loads(a.read_text())) for a in aggs]
     except (OSError, ValueError, KeyError, AttributeError) as e:
         raise RecipeError("--baseline", str(path), f"cannot read it as results ({e})") from None
-    raise RecipeError("--baseline", str(path), "expected a results dir (with summary.json), a summary.json, "
+    raise RecipeError("--baseline", str(path), f"expected a results dir (with {JobPaths.SUMMARY}), a {JobPaths.SUMMARY}, "
                       "or InferenceX agg_*.json files from an earlier run")
 
 

@@ -19,8 +19,9 @@ from typing import Any, Optional
 from inferx_slurm.version import __version__
 from inferx_slurm.errors import InferxError
 from inferx_slurm.fsutil import atomic_write_json, read_json
+from inferx_slurm.job.paths import JobPaths
 
-FILE = "provenance.json"
+FILE = JobPaths.PROVENANCE
 
 
 class IdentityMismatch(InferxError):
@@ -47,11 +48,13 @@ def git_info(path: Optional[str]) -> dict[str, Any]:
             return None
         return r.stdout.strip() if r.returncode == 0 else None
 
-    rev = git("rev-parse", "HEAD")
-    if not rev:
+    # One call for both: every git call is a process on the submit path.
+    found = (git("rev-parse", "HEAD", "--show-toplevel") or "").splitlines()
+    if len(found) != 2:
         return {}
+    rev, root = found
     status = git("status", "--porcelain", "--", path)
-    return {"git_revision": rev, "git_dirty": bool(status), "git_root": git("rev-parse", "--show-toplevel")}
+    return {"git_revision": rev, "git_dirty": bool(status), "git_root": root}
 
 
 def file_sha256(path: Path) -> str:
@@ -131,7 +134,7 @@ def finalize(job_dir: Path, hosts: list[str], reports: Optional[Path] = None) ->
     reports (in `reports`, the dir of the engines this deployment ran on; its own by default)."""
     doc = load(job_dir) or {"inferx_slurm_version": __version__}
     workers: dict[str, Any] = {}
-    for p in sorted((reports or job_dir / "provenance").glob("*.json")):
+    for p in sorted((reports or JobPaths(job_dir).worker_reports).glob("*.json")):
         try:
             workers[p.stem] = read_json(p)
         except (OSError, ValueError):
@@ -164,7 +167,7 @@ def finalize(job_dir: Path, hosts: list[str], reports: Optional[Path] = None) ->
 
 def load(results_dir: str | Path) -> Optional[dict[str, Any]]:
     p = Path(results_dir)
-    p = p if p.name == FILE else (p.parent if p.name == "summary.json" else p) / FILE
+    p = p if p.name == FILE else (p.parent if p.name == JobPaths.SUMMARY else p) / FILE
     try:
         return read_json(p)
     except (OSError, ValueError):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from inferx_slurm.fsutil import read_json
+from inferx_slurm.job.paths import JobPaths
 
 COLUMNS = [
     ("isl", "ISL", "{:d}"),
@@ -94,11 +95,11 @@ def format_table(rows: list[dict[str, Any]], columns: Optional[list[tuple[str, s
 def load_summary(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir():
-        p = p / "summary.json"
+        p = JobPaths(p).summary
     if not p.exists():
         from inferx_slurm.errors import InferxError
 
-        raise InferxError(f"no summary.json at {p}; pass a results dir written by `launch`")
+        raise InferxError(f"no {JobPaths.SUMMARY} at {p}; pass a results dir written by `launch`")
     return read_json(p)
 
 

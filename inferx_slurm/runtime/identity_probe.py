@@ -20,7 +20,6 @@ import os
 import socket
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 MISMATCH_EXIT = 3
@@ -55,13 +54,51 @@ PIN_LABELS = {
 }
 
 
-def version_of(names: tuple[str, ...]) -> str | None:
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+def _normalized(name: str) -> str:
+    return name.lower().replace("-", "_").replace(".", "_")
+
+
+def _metadata_version(path: str) -> str | None:
+    """The Version header of a dist-info's METADATA or an egg-info's PKG-INFO (dir or file)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "METADATA" if path.endswith(".dist-info") else "PKG-INFO")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the headers end at the first blank line
+                if line.startswith("Version:"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
     return None
+
+
+def installed(names: set[str]) -> dict[str, str]:
+    """Version of each of `names` installed here (normalized name -> version): the first
+    distribution on sys.path, as importlib.metadata finds it. Read from the metadata dirs
+    directly: importing importlib.metadata takes most of this probe's time, and the probe runs
+    before every worker's engine starts."""
+    want = {_normalized(n) for n in names}
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            listing = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for fname in listing:
+            if not fname.endswith((".dist-info", ".egg-info")):
+                continue
+            key = _normalized(fname.rsplit(".", 1)[0].split("-", 1)[0])
+            if key in want and key not in found:
+                version = _metadata_version(os.path.join(entry or ".", fname))
+                if version:
+                    found[key] = version
+    return found
+
+
+def version_of(names: tuple[str, ...], found: dict[str, str]) -> str | None:
+    return next((found[_normalized(n)] for n in names if _normalized(n) in found), None)
 
 
 def _hub_dirs() -> list[Path]:
@@ -186,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     gaps = missing([k for k in a.require.split(",") if k], a.where)
     for line in gaps:
         print(f"[inferx] preflight: {line}", file=sys.stderr, flush=True)
-    packages = {key: version_of(names) for key, names in PACKAGES.items()}
+    found = installed({n for names in PACKAGES.values() for n in names})
+    packages = {key: version_of(names, found) for key, names in PACKAGES.items()}
     engine_pkg = ENGINE_PACKAGE.get(a.backend, a.backend)
     report = {
         "host": socket.gethostname(),

@@ -13,11 +13,11 @@ import signal
 from pathlib import Path
 from typing import Any, Optional
 
-from inferx_slurm.fsutil import atomic_write, read_json
-from inferx_slurm.runtime.driver import Driver, RunFailed, FaultRaised
-
-# Faults after which no later deployment can run in this allocation.
-ENDS_ALLOCATION = {"cancelled", "time_limit", "node_down"}
+from inferx_slurm.fsutil import read_json
+from inferx_slurm.job.phases import ENDS_ALLOCATION
+from inferx_slurm.job.status import Status
+from inferx_slurm.runtime.driver import Driver, RunFailed
+from inferx_slurm.runtime.watchdog import FaultRaised
 
 
 class PackRunner:
@@ -28,14 +28,14 @@ class PackRunner:
         self.active: Optional[Driver] = None
         self.stop_reason: Optional[str] = None
 
-    def on_signal(self, signum: int, frame: Any) -> None:
+    def request_stop(self, signum: int, frame: Any) -> None:
         if self.active is not None:
-            self.active.on_signal(signum, frame)
+            self.active.request_stop(signum, frame)
         self.stop_reason = f"the allocation was stopped ({signal.Signals(signum).name}) before this deployment ran"
 
     def run(self) -> dict[str, Any]:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
-            signal.signal(sig, self.on_signal)
+            signal.signal(sig, self.request_stop)
         owner: Optional[Driver] = None  # the deployment whose engines are up
         owner_start: Optional[int] = None
         outcome: dict[str, str] = {}
@@ -43,7 +43,7 @@ class PackRunner:
             for ent in self.entries:
                 drv = Driver(Path(ent["dir"]))
                 if self.stop_reason:
-                    _not_run(drv, self.stop_reason)
+                    drv.not_run(self.stop_reason)
                     outcome[drv.recipe.name] = "not run"
                     continue
                 self.active = drv
@@ -59,7 +59,7 @@ class PackRunner:
                             owner, owner_start = drv, ent["start"]
                         drv.measure()
                     except FaultRaised as f:
-                        owner = None  # _fail stops the engines, shared or not
+                        owner = None  # fail() stops the engines, shared or not
                         drv.fail(f.fault)
                     except Exception as e:  # a bug must still leave a diagnosis and no steps behind
                         owner = None
@@ -68,9 +68,9 @@ class PackRunner:
                     outcome[drv.recipe.name] = "done"
                 except RunFailed:
                     outcome[drv.recipe.name] = "failed"
-                    kind = read_json(drv.dir / "status.json").get("fault")
+                    kind = Status.read(drv.paths.status).fault
                     if kind in ENDS_ALLOCATION:
-                        self.stop_reason = f"an earlier deployment ({drv.recipe.name}) ended the allocation: {kind}"
+                        self.stop_reason = f"an earlier deployment ({drv.recipe.name}) ended the allocation: {kind.value}"
                     elif self.stop_on_failure:
                         self.stop_reason = f"an earlier deployment ({drv.recipe.name}) failed and sweep.stop_on_failure is set"
         finally:
@@ -81,14 +81,6 @@ class PackRunner:
         if failed:
             raise RunFailed(f"{len(failed)} of {len(outcome)} deployments did not complete: {', '.join(failed)}")
         return outcome
-
-
-def _not_run(drv: Driver, reason: str) -> None:
-    text = f"not run: {reason}. Re-run the sweep with --resume to run it."
-    atomic_write(drv.dir / "diagnosis.txt", text + "\n")
-    drv.write_summary(partial=True)
-    drv.event("not run")
-    drv.status("failed", fault="not_run", diagnosis=text)
 
 
 def run_pack(manifest: str) -> dict[str, Any]:

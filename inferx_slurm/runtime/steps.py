@@ -10,16 +10,19 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from inferx_slurm.job.render import Step
+from inferx_slurm.job.paths import srun_err
+
+if TYPE_CHECKING:  # the driver starts its first steps before it imports the models
+    from inferx_slurm.job.render import Step
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
 class RunningStep:
-    step: Step
+    step: "Step"  # None until the driver has read rendered.json, for a step started before that
     host: str
     argv: list[str]
     log: Path
@@ -32,7 +35,7 @@ class RunningStep:
     def start(self, env: dict[str, str]) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         # srun writes the task's output to --output; its own complaints go to a side file.
-        err = open(self.log.with_suffix(".srun.err"), "ab")
+        err = open(srun_err(self.log), "ab")
         self.proc = subprocess.Popen(
             self.argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
             start_new_session=True,
@@ -61,7 +64,7 @@ class RunningStep:
 
     def tail(self, lines: int = 20) -> list[str]:
         out: deque[str] = deque(maxlen=lines)
-        for path in (self.log, self.log.with_suffix(".srun.err")):
+        for path in (self.log, srun_err(self.log)):
             if path.exists():
                 with open(path, errors="replace") as f:
                     for line in f:

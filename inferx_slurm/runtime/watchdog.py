@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from inferx_slurm.job.phases import FaultKind
 from inferx_slurm.runtime import nodes as nodes_mod
 from inferx_slurm.runtime.steps import RunningStep, describe_exit
 
@@ -29,7 +30,7 @@ HINTS = [
 
 @dataclass
 class Fault:
-    kind: str  # exited | not_ready | node_down | stalled | cancelled | infra
+    kind: FaultKind
     step: Optional[RunningStep]
     message: str
     at: float = field(default_factory=time.time)
@@ -63,7 +64,7 @@ def check_exits(steps: list[RunningStep]) -> Optional[Fault]:
         if rc is not None:
             st = s.step
             who = f"{st.role} worker {st.index}" if st.kind == "worker" else st.kind
-            return Fault("exited", s, f"{who} exited ({describe_exit(rc)}) on host {s.host}.", host=s.host)
+            return Fault(FaultKind.exited, s, f"{who} exited ({describe_exit(rc)}) on host {s.host}.", host=s.host)
     return None
 
 
@@ -93,4 +94,12 @@ class NodeWatch:
         on_node = [s for s in steps if s.host == host]
         victim = next((s for s in on_node if s.step.kind == "worker"), on_node[0] if on_node else None)
         names = ", ".join(s.step.name for s in on_node) or "no steps"
-        return Fault("node_down", victim, f"{what}; it ran {names}.", host=host)
+        return Fault(FaultKind.node_down, victim, f"{what}; it ran {names}.", host=host)
+
+
+class FaultRaised(Exception):
+    """Raised where a fault is found; the driver ends the run with its diagnosis."""
+
+    def __init__(self, fault: Fault):
+        super().__init__(fault.message)
+        self.fault = fault

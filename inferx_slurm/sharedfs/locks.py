@@ -50,7 +50,6 @@ import json
 import os
 import random
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -82,14 +81,10 @@ _POLL_FIRST_S = 0.05
 _POLL_MAX_S = 1.0
 
 
-def say(message: str) -> None:
-    """Progress for people: stderr, so stdout stays the command's result."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def wait_notice(what: str) -> Callable[["Holder | None"], None]:
-    """An on_wait callback that says who the caller is waiting for."""
-    return lambda holder: say(f"waiting for {holder.describe() if holder else what} to finish")
+def wait_notice(what: str, report: Callable[[str], None]) -> Callable[["Holder | None"], None]:
+    """An on_wait callback that reports whom the caller is waiting for (`what` when the holder
+    cannot be read)."""
+    return lambda holder: report(f"waiting for {holder.describe() if holder else what} to finish")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""Sweep expansion: topology x scenario x concurrency, with overrides, into deployments.
+"""Sweep expansion: topology x scenario x concurrency, with overrides, into sweep points.
 
-One deployment (one Slurm job) serves one topology and one scenario and runs its concurrency
-list; max_model_len and graph sizes depend on both. An override that matches a concurrency
-splits that point into its own deployment, since it changes the engines.
+A sweep point becomes one deployment (one Slurm job, job/deployment.py): it serves one
+topology and one scenario and runs its concurrency list; max_model_len and graph sizes depend
+on both. An override that matches a concurrency splits that concurrency into its own sweep
+point, since it changes the engines.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from inferx_slurm.recipe.sections import Scenario
 from inferx_slurm.recipe.topology import Topology
 
 
-class Deployment(BaseModel):
+class SweepPoint(BaseModel):
+    """One deployment's worth of a sweep: its name, where in the sweep it is, and its recipe."""
+
     model_config = ConfigDict(frozen=True)
 
     name: str
@@ -45,7 +48,7 @@ def _matches(match: dict[str, Any], topo: Topology, scen: Scenario, conc: int) -
     return True
 
 
-def expand(recipe: Recipe) -> list[Deployment]:
+def expand(recipe: Recipe) -> list[SweepPoint]:
     sw = recipe.sweep
     topologies = (sw.topologies if sw and sw.topologies else None) or [recipe.topology]
     scenarios = (sw.scenarios if sw and sw.scenarios else None) or recipe.benchmark.scenarios
@@ -96,6 +99,6 @@ def expand(recipe: Recipe) -> list[Deployment]:
             })
         base = base.model_copy(update={"name": name})
         out.append(
-            Deployment(name=name, topology=topo_s, scenario=scen_s, concurrency=g["concs"], overrides=g["sets"], recipe=base)
+            SweepPoint(name=name, topology=topo_s, scenario=scen_s, concurrency=g["concs"], overrides=g["sets"], recipe=base)
         )
     return out

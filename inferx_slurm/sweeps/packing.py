@@ -1,16 +1,16 @@
-"""Packed sweeps: deployments grouped into allocations and engine starts, and the time each
-allocation needs. Pure: deployments in, packs out.
+"""Packed sweeps: sweep points grouped into allocations and engine starts, and the time each
+allocation needs. Pure: sweep points in, packs out.
 
-A pack is one Slurm job: its deployments run one after another on the first nodes of an
-allocation sized by the largest of them. Within a pack, consecutive deployments whose engines
-would be started identically share one engine start (one model load): they differ only in
-benchmark settings, or, with `sweep.share_max_model_len`, also in scenario.
+A pack is one Slurm job: its sweep points' deployments run one after another on the first
+nodes of an allocation sized by the largest of them. Within a pack, consecutive points whose
+engines would be started identically share one engine start (one model load): they differ
+only in benchmark settings, or, with `sweep.share_max_model_len`, also in scenario.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict
 
@@ -18,20 +18,20 @@ from inferx_slurm.errors import RecipeError
 from inferx_slurm.planning.placement import plan_recipe
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.sections import Scenario
-from inferx_slurm.sweeps.expand import Deployment
+from inferx_slurm.sweeps.expand import SweepPoint
 
 
 class EngineStart(BaseModel):
-    """Deployments served by one bring-up of the engines (one model load)."""
+    """Sweep points served by one bring-up of the engines (one model load)."""
 
     model_config = ConfigDict(frozen=True)
 
-    deployments: list[Deployment]
-    engine: Recipe  # what the engines are started from: the union of the deployments' points
+    sweep_points: list[SweepPoint]
+    engine: Recipe  # what the engines are started from: the union of the sweep points' benchmark points
 
     @property
     def points(self) -> int:
-        return sum(points(d.recipe) for d in self.deployments)
+        return sum(points(d.recipe) for d in self.sweep_points)
 
 
 class Pack(BaseModel):
@@ -41,12 +41,12 @@ class Pack(BaseModel):
 
     index: int
     starts: list[EngineStart]
-    nodes: int  # the largest deployment's node count: the allocation's size
-    shape_recipe: Recipe  # the deployment that sizes the allocation
+    nodes: int  # the largest sweep point's node count: the allocation's size
+    shape_recipe: Recipe  # the sweep point that sizes the allocation
 
     @property
-    def deployments(self) -> list[Deployment]:
-        return [d for s in self.starts for d in s.deployments]
+    def sweep_points(self) -> list[SweepPoint]:
+        return [d for s in self.starts for d in s.sweep_points]
 
 
 def points(recipe: Recipe) -> int:
@@ -90,7 +90,7 @@ def _union(lists: list[list[Any]]) -> list[Any]:
     return out
 
 
-def _engine_recipe(deps: list[Deployment]) -> Recipe:
+def _engine_recipe(deps: list[SweepPoint]) -> Recipe:
     first = deps[0].recipe
     scens: list[Scenario] = _union([d.recipe.benchmark.scenarios for d in deps])
     concs = sorted(set(c for d in deps for c in d.recipe.benchmark.concurrency))
@@ -104,23 +104,24 @@ def _take_ports(recipe: Recipe, owner: Recipe) -> Recipe:
         "placement": recipe.placement.model_copy(update={"port_base": owner.placement.port_base})})
 
 
-def pack(sweep_recipe: Recipe, deployments: list[Deployment]) -> list[Pack]:
-    """Group a sweep's deployments into allocations and, within each, into engine starts."""
+def pack(sweep_recipe: Recipe, sweep_points: list[SweepPoint], nodes: Optional[dict[str, int]] = None) -> list[Pack]:
+    """Group a sweep's points into allocations and, within each, into engine starts. `nodes`:
+    each point's node count by name, when its plan is already made."""
     share = bool(sweep_recipe.sweep and sweep_recipe.sweep.share_max_model_len)
-    by_alloc: dict[str, list[Deployment]] = {}
-    for d in deployments:
+    by_alloc: dict[str, list[SweepPoint]] = {}
+    for d in sweep_points:
         by_alloc.setdefault(_alloc_key(d.recipe), []).append(d)
     packs = []
     for i, deps in enumerate(by_alloc.values()):
-        by_engine: dict[str, list[Deployment]] = {}
+        by_engine: dict[str, list[SweepPoint]] = {}
         for d in deps:
             by_engine.setdefault(engine_key(d.recipe, share), []).append(d)
         starts = []
         for group in by_engine.values():
             owner = group[0].recipe
             group = [d.model_copy(update={"recipe": _take_ports(d.recipe, owner)}) for d in group]
-            starts.append(EngineStart(deployments=group, engine=_engine_recipe(group)))
-        sizes = [(plan_recipe(d.recipe).total_nodes, d.recipe) for d in deps]
+            starts.append(EngineStart(sweep_points=group, engine=_engine_recipe(group)))
+        sizes = [(nodes[d.name] if nodes else plan_recipe(d.recipe).total_nodes, d.recipe) for d in deps]
         nodes, shape = max(sizes, key=lambda x: x[0])
         packs.append(Pack(index=i, starts=starts, nodes=nodes, shape_recipe=shape))
     return packs

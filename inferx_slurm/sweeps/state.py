@@ -14,40 +14,43 @@ from typing import Any, Iterator, Optional
 
 from inferx_slurm.errors import InferxError
 from inferx_slurm.fsutil import atomic_write_json, read_json
+from inferx_slurm.job.paths import JobPaths, SweepPaths
+from inferx_slurm.job.phases import EventKind, Phase
+from inferx_slurm.job.status import Status, Summary
 from inferx_slurm.recipe.schema import Recipe
-from inferx_slurm.sweeps.expand import Deployment
+from inferx_slurm.sweeps.expand import SweepPoint
 
-MANIFEST = "sweep.json"
+MANIFEST = SweepPaths.MANIFEST
 Point = tuple[str, int, int, int]
 
 
-def deployment_points(d: Deployment) -> list[Point]:
+def bench_points(d: SweepPoint) -> list[Point]:
     b = d.recipe.benchmark
     return [(d.topology, s.isl, s.osl, c) for s in b.scenarios for c in b.concurrency]
 
 
-def write_manifest(root: Path, recipe: Recipe, deployments: list[Deployment], mode: str) -> None:
+def write_manifest(root: Path, recipe: Recipe, sweep_points: list[SweepPoint], mode: str) -> None:
     """The sweep's full set of points; a resume keeps the first manifest (same recipe name)."""
-    path = root / MANIFEST
+    path = SweepPaths(root).manifest
     if path.exists():
         return
     est = recipe.sweep.estimate if recipe.sweep else None
     atomic_write_json(path, {
         "name": recipe.name, "mode": mode, "created": time.time(),
         "estimate": est.model_dump() if est else None,
-        "points": [list(p) for d in deployments for p in deployment_points(d)],
+        "points": [list(p) for d in sweep_points for p in bench_points(d)],
     })
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
-    path = Path(root) / MANIFEST
+    path = SweepPaths(root).manifest
     if not path.exists():
         raise InferxError(f"{root} holds no sweep ({MANIFEST} missing); pass the results root a sweep launch printed")
     return read_json(path)
 
 
-def _runs(root: Path) -> list[Path]:
-    return sorted(p.parent for p in Path(root).glob("*/recipe.json"))
+def _runs(root: Path) -> list[JobPaths]:
+    return [JobPaths(d) for d in SweepPaths(root).job_dirs()]
 
 
 def _row_done(row: dict[str, Any]) -> bool:
@@ -57,11 +60,10 @@ def _row_done(row: dict[str, Any]) -> bool:
 def _done_rows(root: Path) -> Iterator[tuple[Point, str, dict[str, Any]]]:
     """Every completed row of every run under the root, oldest run first."""
     for run in _runs(root):
-        summary = run / "summary.json"
-        if not summary.exists():
+        if not run.summary.exists():
             continue
-        topo = read_json(run / "recipe.json")["topology"]
-        for row in read_json(summary).get("rows", []):
+        topo = read_json(run.recipe_json)["topology"]
+        for row in Summary.read(run.summary).rows:
             if _row_done(row):
                 yield (topo, int(row["isl"]), int(row["osl"]), int(row["concurrency"])), topo, row
 
@@ -70,7 +72,7 @@ def done_points(root: Path) -> set[Point]:
     return {p for p, _, _ in _done_rows(root)}
 
 
-def remaining(d: Deployment, done: set[Point]) -> Optional[Deployment]:
+def remaining(d: SweepPoint, done: set[Point]) -> Optional[SweepPoint]:
     """The deployment narrowed to its points not yet done; None when all are."""
     concs = [c for c in d.recipe.benchmark.concurrency
              if any((d.topology, s.isl, s.osl, c) not in done for s in d.recipe.benchmark.scenarios)]
@@ -107,34 +109,32 @@ def progress(root: Path) -> dict[str, Any]:
     load_times: list[float] = []
     lanes: dict[str, dict[str, Any]] = {}
     for run in _runs(root):
-        st_path, job_path = run / "status.json", run / "job.json"
-        st = read_json(st_path) if st_path.exists() else {"phase": "pending", "events": []}
-        job = read_json(job_path) if job_path.exists() else {}
-        phase = st.get("phase")
-        events = st.get("events", [])
-        for e in events:
-            if e["event"] == "ready" and "seconds" in e:
-                load_times.append(float(e["seconds"]))
-        bench_t = [e["t"] for e in events if e["event"] in ("benchmark", "done")]
+        st = Status.read(run.status)
+        job = read_json(run.job) if run.job.exists() else {}
+        for e in st.events:
+            seconds = getattr(e, "seconds", None)
+            if e.event == EventKind.ready and seconds is not None:
+                load_times.append(float(seconds))
+        bench_t = [e.t for e in st.events if e.event in (EventKind.benchmark, EventKind.done)]
         point_times += [b - a for a, b in zip(bench_t, bench_t[1:])]
-        if phase == "done":
+        if st.phase is Phase.done:
             continue
-        rec = read_json(run / "recipe.json")
+        rec = read_json(run.recipe_json)
         b = rec.get("benchmark", {})
         pts = [(rec["topology"], s["isl"], s["osl"], c) for s in b.get("scenarios", []) for c in b.get("concurrency", [])]
         left = [p for p in pts if p not in done]
-        if phase == "failed":
+        if st.phase is Phase.failed:
             if left:  # a failure a later run made good is history, not news
-                failed.append(run.name)
+                failed.append(run.root.name)
             continue
-        if phase == "benchmarking" and left:
+        if st.phase is Phase.benchmarking and left:
             running += 1
-        lane = lanes.setdefault(str(job.get("job_id", run.name)), {"points": 0, "starts": set(), "running_start": None})
+        lane = lanes.setdefault(str(job.get("job_id", run.root.name)), {"points": 0, "starts": set(), "running_start": None})
         lane["points"] += len(left)
-        if phase in ("pending", "starting"):
-            lane["starts"].add(job.get("start", run.name))
+        if st.phase in (Phase.pending, Phase.starting):
+            lane["starts"].add(job.get("start", run.root.name))
         else:
-            lane["running_start"] = job.get("start", run.name)
+            lane["running_start"] = job.get("start", run.root.name)
     point_s = sum(point_times) / len(point_times) if point_times else float(est["point_s"])
     load_s = sum(load_times) / len(load_times) if load_times else float(est["load_s"])
     eta = 0.0

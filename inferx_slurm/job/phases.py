@@ -1,0 +1,66 @@
+"""A run's phases, its fault kinds and its timeline events: one set of names shared by the
+driver, sweeps, CI and the CLI. Enums of strings, so status.json holds plain strings and a
+reader compares either; standard library only, so the driver names them before it imports
+anything heavy."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Phase(str, Enum):
+    pending = "pending"  # no status.json yet: queued, or the driver has not started
+    starting = "starting"
+    ready = "ready"
+    benchmarking = "benchmarking"
+    done = "done"
+    failed = "failed"
+
+    @property
+    def ended(self) -> bool:
+        return self in (Phase.done, Phase.failed)
+
+
+class FaultKind(str, Enum):
+    """Why a run failed; CI maps each to an exit code (ci/report.py)."""
+
+    exited = "exited"  # a step's process exited
+    not_ready = "not_ready"  # workers did not register within their startup timeout
+    node_down = "node_down"
+    stalled = "stalled"  # the benchmark made no progress
+    cancelled = "cancelled"  # scancel, a signal, or the time-limit warning
+    infra = "infra"  # the allocation or the discovery servers
+    install = "install"  # the Dynamo install into the containers
+    node_cache = "node_cache"  # a node could not copy the weights where model.node_cache requires it
+    time_limit = "time_limit"  # stopped before Slurm's limit, with partial results
+    client = "client"  # the benchmark client crashed or wrote nothing
+    internal = "internal"  # a bug in the driver
+    not_run = "not_run"  # a packed deployment an earlier one's fault kept from running
+
+
+# Faults after which nothing more can run in the allocation (a packed sweep stops there).
+ENDS_ALLOCATION = frozenset({FaultKind.cancelled, FaultKind.time_limit, FaultKind.node_down})
+
+
+class EventKind(str, Enum):
+    """The timeline of a run, in the order a good run passes through it."""
+
+    allocation = "allocation"  # Slurm started the job (whole seconds: Slurm's resolution)
+    interpreter = "interpreter"  # the driver's process started (before its imports)
+    nodes = "nodes"  # hosts and addresses resolved, nodes.env written
+    infra_ready = "infra ready"
+    installed = "installed"
+    step_started = "step started"  # one srun step launched
+    node_cache_warning = "node cache warning"  # a node serves from the shared stage instead of its copy
+    weights_ready = "weights ready"  # every node's copy settled (model.node_cache)
+    engines_started = "engines started"
+    preflight = "preflight"  # a worker's identity probe reported (its report's time)
+    registered = "registered"  # the frontend's count of ready workers changed
+    ready = "ready"
+    engines_shared = "engines shared"  # a packed deployment benchmarks on engines already up
+    benchmark = "benchmark"  # a benchmark point started
+    point_done = "point done"
+    torn_down = "torn down"
+    done = "done"
+    failed = "failed"
+    not_run = "not run"

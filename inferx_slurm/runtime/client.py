@@ -1,0 +1,164 @@
+"""The benchmark half of the driver: one aiperf run per point against the ready deployment,
+watched for progress, each point's row added to the summary as it ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from inferx_slurm.benchmark.aiperf import AIPERF_EXPORT, aiperf_argv, point_row, profiling_window
+from inferx_slurm.benchmark.records import RECORDS_EXPORT, read_records
+from inferx_slurm.fsutil import read_json
+from inferx_slurm.job.paths import JobPaths
+from inferx_slurm.job.phases import EventKind, FaultKind
+from inferx_slurm.planning.ports import PortVar
+from inferx_slurm.runtime import metrics
+from inferx_slurm.runtime.energy import point_power
+from inferx_slurm.runtime.gpumon import gpu_metrics
+from inferx_slurm.runtime.steps import RunningStep
+from inferx_slurm.runtime.watchdog import Fault, FaultRaised
+
+if TYPE_CHECKING:
+    from inferx_slurm.planning.placement import Plan
+    from inferx_slurm.recipe.schema import Recipe
+
+# How often a running benchmark's progress is read from the frontend's metrics (and its end
+# noticed: each point's end waits for the next poll).
+CLIENT_POLL_S = 0.25
+
+
+class ClientRunner:
+    """Runs the benchmark points; mixed into the Driver, whose deployment it measures."""
+
+    recipe: "Recipe"
+    plan: "Plan"
+    paths: JobPaths
+    hosts: list[str]
+    addrs: dict[str, str]
+    steps: list[RunningStep]
+    rows: list[dict[str, Any]]
+    engine_dir: Path
+
+    # The Driver's: where the deployment answers, its fault checks and its records.
+    base_url: Optional[str]  # None until the server's step has taken its port
+    own_server: bool
+    _port: Callable[[str, PortVar], Optional[int]]  # a port a step took on its node
+    watch: Callable[[], None]
+    event: Callable[..., None]
+    write_summary: Callable[[bool], None]
+
+    def __init__(self) -> None:
+        self._client: Optional[subprocess.Popen] = None
+
+    def benchmark(self) -> None:
+        b = self.recipe.benchmark
+        tokenizer = b.tokenizer or self.recipe.model.path
+        for scen in b.scenarios:
+            for conc in b.concurrency:
+                out = self.paths.point(scen.name, conc)
+                out.mkdir(parents=True, exist_ok=True)
+                argv = aiperf_argv(self.recipe, scen, conc, url=self.base_url, artifact_dir=str(out), tokenizer=tokenizer)
+                self.event(EventKind.benchmark, scenario=scen.name, concurrency=conc)
+                spec_before = self._spec_counters() if self.recipe.speculative else None
+                self._run_client(argv, out, b.requests_for(conc) + b.warmup_requests)
+                export = out / AIPERF_EXPORT
+                if not export.exists():
+                    raise FaultRaised(Fault(FaultKind.client, None, f"benchmark client wrote no {AIPERF_EXPORT} for {scen.name} c{conc}; "
+                                            f"see {out / JobPaths.CLIENT_LOG}"))
+                doc = read_json(export)
+                row = point_row(doc, read_records(out / RECORDS_EXPORT), isl=scen.isl, osl=scen.osl, concurrency=conc,
+                                prefill_gpus=self.plan.prefill_gpus, decode_gpus=self.plan.decode_gpus,
+                                agg_gpus=self.plan.agg_gpus, expected_requests=b.requests_for(conc))
+                if self.recipe.speculative:
+                    row["acceptance_length"] = self._acceptance_length(spec_before)
+                window = (row["benchmark_start_time_unix"], row["benchmark_end_time_unix"]) if "duration" in row else profiling_window(doc)
+                logs = JobPaths(self.engine_dir).logs
+                row.update(gpu_metrics(logs, self.hosts, *window))
+                # A sample after the window's end may be one sampling period away.
+                row.update(point_power(logs, self.hosts, self.plan, row,
+                                       wait_s=b.gpu_metrics_interval_s + 2.0 if b.gpu_metrics_interval_s else 0.0))
+                self.rows.append(row)
+                self.write_summary(partial=True)
+                self.event(EventKind.point_done, scenario=scen.name, concurrency=conc)
+
+    def _spec_urls(self) -> list[str]:
+        """Where the engines' own Prometheus metrics are: the server itself, or each worker
+        leader's system port under Dynamo."""
+        if self.own_server:
+            return [f"{self.base_url}/metrics"]
+        return [f"http://{self.addrs[self.hosts[w.leader]]}:{self._port(f'{w.name}.n0', PortVar.system)}/metrics"
+                for w in self.plan.workers if w.role != "prefill"]
+
+    def _spec_counters(self) -> Optional[tuple[float, float]]:
+        """(accepted draft tokens, drafts) summed over the decoding engines; None when no engine
+        reports them (an engine without these counters, or the mock engine)."""
+        acc = drafts = 0.0
+        seen = False
+        for url in self._spec_urls():
+            text = metrics.scrape(url)
+            if text and metrics.has_metric(text, metrics.SPEC_DRAFTS):
+                seen = True
+                acc += metrics.counter_total(text, metrics.SPEC_ACCEPTED)
+                drafts += metrics.counter_total(text, metrics.SPEC_DRAFTS)
+        return (acc, drafts) if seen else None
+
+    def _acceptance_length(self, before: Optional[tuple[float, float]]) -> Optional[float]:
+        """Mean tokens per draft-and-verify step over this point: 1 + accepted / drafts."""
+        after = self._spec_counters()
+        if before is None or after is None or after[1] <= before[1]:
+            return None
+        return round(1 + (after[0] - before[0]) / (after[1] - before[1]), 3)
+
+    def _run_client(self, argv: list[str], out: Path, expected: int) -> None:
+        """Run one benchmark point; `expected` requests (warm-up included) answer it in full."""
+        env = {**os.environ, **self.recipe.env}
+        client_log = out / JobPaths.CLIENT_LOG
+        with open(client_log, "ab") as log:
+            self._client = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out, start_new_session=True)
+        b = self.recipe.benchmark
+        started_at = time.time()
+        base: Optional[tuple[float, float, float]] = None
+        last_change, last_value = time.time(), None
+        while self._client.poll() is None:
+            self.watch()
+            text = metrics.scrape(f"{self.base_url}/metrics")
+            if text is not None:
+                now = (metrics.counter_total(text, metrics.STARTED_METRICS), metrics.counter_total(text),
+                       metrics.counter_total(text, metrics.DONE_METRICS))
+                base = base or now
+                if now[1] != last_value:
+                    last_change, last_value = time.time(), now[1]
+                if now[0] == base[0] and now[1] == base[1]:
+                    # The client is still starting (tokenizer, dataset): its own, longer bound.
+                    if time.time() - started_at > b.client_startup_timeout_s:
+                        raise FaultRaised(Fault(FaultKind.stalled, None, f"benchmark client sent no request within "
+                                                f"{b.client_startup_timeout_s:.0f} s; see {client_log}"))
+                elif now[2] - base[2] >= expected:
+                    pass  # every request is answered; the client is writing its exports
+                elif time.time() - last_change > b.stall_timeout_s:
+                    raise FaultRaised(Fault(FaultKind.stalled, self._suspect(), f"benchmark made no progress for {b.stall_timeout_s:.0f} s "
+                                            "(frontend token and request counters unchanged)."))
+            time.sleep(CLIENT_POLL_S)
+        # A cancel kills the client too; report the cancel, not the client's exit.
+        self.watch()
+        rc = self._client.returncode
+        self._client = None
+        if rc != 0:
+            raise FaultRaised(Fault(FaultKind.client, None, f"benchmark client exited with code {rc}; see {client_log}"))
+
+    def _suspect(self) -> Optional[RunningStep]:
+        """The decode leader is where a stuck request is waiting; point the diagnosis there."""
+        return next((s for s in self.steps if s.step.role == "decode" and s.step.leader), None)
+
+    def stop_client(self) -> None:
+        if self._client and self._client.poll() is None:
+            os.killpg(self._client.pid, signal.SIGTERM)
+            try:
+                self._client.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._client.pid, signal.SIGKILL)
+        self._client = None
