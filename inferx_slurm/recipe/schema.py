@@ -1,6 +1,6 @@
 """The recipe: one deployment and the benchmark to run on it, and how a file becomes one.
 
-The pydantic models here and in `sections` are the recipe format and its documentation.
+The pydantic models here, in `sections` and in `sweep_spec` are the recipe format and its documentation.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from inferx_slurm.errors import RecipeError
 from inferx_slurm.recipe.topology import Topology
 from inferx_slurm.recipe.sections import (
     Backend, BenchmarkSpec, ContainerSpec, EngineSpec, ExpectSpec, FrontendSpec, ModelSpec, PlacementSpec,
-    SlurmSpec, SpeculativeSpec, Strict, SweepSpec,
+    SlurmSpec, SpeculativeSpec, Strict,
 )
+from inferx_slurm.recipe.sweep_spec import SweepSpec
 from inferx_slurm.recipe.values import env_str, expand_vars, normalize_role_env, set_dotted
 
 

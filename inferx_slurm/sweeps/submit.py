@@ -23,7 +23,7 @@ from inferx_slurm.job.sbatch import submit_to_slurm
 from inferx_slurm.job.submit import check_deployment, import_image_for, prepare, record_job, require_sbatch, stage, submit_deployments
 from inferx_slurm.planning.feasibility import require_fit
 from inferx_slurm.recipe.schema import Recipe
-from inferx_slurm.recipe.sections import SweepMode
+from inferx_slurm.recipe.sweep_spec import SweepMode
 from inferx_slurm.reporting import Reporter, given
 from inferx_slurm.sweeps.expand import SweepPoint, expand
 from inferx_slurm.sweeps.packing import EngineStart, Pack, check_time, pack
