@@ -25,7 +25,7 @@ from inferx_slurm.engines.common import EngineArg, NodeCommand, flag_argv, gpu_p
 from inferx_slurm.planning.memory import EngineMemory
 from inferx_slurm.planning.placement import Plan, WorkerPlacement
 from inferx_slurm.planning.ports import PortVar
-from inferx_slurm.recipe.sections import Backend
+from inferx_slurm.recipe.sections import Backend, FrontendServer
 from inferx_slurm.recipe.schema import Recipe
 
 BACKENDS: dict[Backend, ModuleType] = {Backend.vllm: vllm, Backend.sglang: sglang, Backend.trtllm: trtllm, Backend.mocker: mocker}
@@ -76,7 +76,7 @@ def preflight_needs(recipe: Recipe, role: str) -> list[str]:
     """What a worker must be able to import before it loads weights."""
     mod = backend_module(recipe)
     needs = list(mod.PREFLIGHT_NEEDS)
-    if recipe.frontend.server == "dynamo":
+    if recipe.frontend.server is FrontendServer.dynamo:
         needs.append("dynamo")
     nixl = recipe.engine.require_nixl
     if nixl is None:  # KV moves between prefill and decode engines over NIXL

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from inferx_slurm.planning.placement import WorkerPlacement
 from inferx_slurm.planning.ports import PortVar, port_or_ref
-from inferx_slurm.recipe.sections import ArgValue
+from inferx_slurm.recipe.sections import ArgValue, FrontendServer
 from inferx_slurm.recipe.schema import Recipe
 
 KV_BLOCK_DEFAULT = 128
@@ -80,7 +80,7 @@ def block_size(recipe: Recipe) -> int:
 
 def own_server(recipe: Recipe) -> bool:
     """The engine's own OpenAI server, not the Dynamo frontend, answers the clients."""
-    return recipe.frontend.server == "engine"
+    return recipe.frontend.server is FrontendServer.engine
 
 
 def flags(values: dict[str, ArgValue]) -> list[str]:

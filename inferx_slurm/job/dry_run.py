@@ -17,7 +17,7 @@ from inferx_slurm.job.render import COPIED_AS_IS, shell_join, srun_argv
 from inferx_slurm.job.sbatch import sbatch_text
 from inferx_slurm.planning.placement import format_plan
 from inferx_slurm.recipe.schema import Recipe
-from inferx_slurm.recipe.sections import ContainerRuntime
+from inferx_slurm.recipe.sections import ContainerRuntime, FrontendServer
 from inferx_slurm.recipe.site import settings_lines
 from inferx_slurm.reporting import Reporter, given
 
@@ -51,7 +51,7 @@ def dry_run_text(deployment: Deployment | Recipe, results_dir: Optional[Path] = 
     for st in dep.job.steps:
         out.append(shell_join(srun_argv(recipe, st, f"<node{st.node}>", job_dir, image, job_id="<jobid>")))
     out += ["", "# ---- benchmark client, once the deployment is ready ----"]
-    node = plan.workers[0].leader if recipe.frontend.server == "engine" else plan.frontend_node
+    node = plan.workers[0].leader if recipe.frontend.server is FrontendServer.engine else plan.frontend_node
     url = f"http://<node{node}>:{http_port(recipe)}"
     tok = recipe.benchmark.tokenizer or recipe.model.path
     for scen in recipe.benchmark.scenarios:

@@ -24,7 +24,7 @@ from inferx_slurm.job.paths import JobPaths
 from inferx_slurm.planning.placement import PORTS_PER_WORKER, Plan, WorkerPlacement, plan_recipe
 from inferx_slurm.planning.ports import PORTS_DIR, PORTS_SCRIPT, WORKER_BLOCK, PortVar, port_or_ref, ports_file, request
 from inferx_slurm.recipe.profiles import PROFILES
-from inferx_slurm.recipe.sections import ContainerRuntime, Discovery
+from inferx_slurm.recipe.sections import ContainerRuntime, Discovery, FrontendServer
 from inferx_slurm.recipe.schema import Recipe
 
 StepKind = Literal["infra", "install", "frontend", "worker", "monitor", "node_cache"]
@@ -123,14 +123,14 @@ def port_line(python: str, job_dir: str, name: str, requests: list[str], *, per_
 def infra_takes(recipe: Recipe, job_dir: str) -> tuple[str, ...]:
     """The frontend and the workers read discovery's ports where the infra step chose them."""
     fe = recipe.frontend
-    if fe.server == "dynamo" and fe.discovery is Discovery.etcd_nats and (fe.etcd_port is None or fe.nats_port is None):
+    if fe.server is FrontendServer.dynamo and fe.discovery is Discovery.etcd_nats and (fe.etcd_port is None or fe.nats_port is None):
         return (ports_file(job_dir, "infra"),)
     return ()
 
 
 def worker_ports(recipe: Recipe, w: WorkerPlacement, job_dir: str) -> str:
     reqs = [request("placement.port_base", w.ports.system if w.ports else None, WORKER_BLOCK, PORTS_PER_WORKER)]
-    if recipe.frontend.server == "engine":
+    if recipe.frontend.server is FrontendServer.engine:
         reqs.append(request("frontend.http_port", recipe.frontend.http_port, (PortVar.http,)))
     # The rendezvous is the leader's listener: the worker's other nodes connect to the one it took.
     leader = f"{ports_file(job_dir, f'{w.name}.n0')}:{PortVar.rendezvous.value}" if w.multi_node else None
@@ -143,7 +143,7 @@ def base_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
     env = {"DYN_SDK_DISABLE_ANSI_LOGGING": "1"}
     env.update(PROFILES[recipe.profile].env)
     env.update(recipe.env)
-    if recipe.frontend.server != "engine":
+    if recipe.frontend.server is not FrontendServer.engine:
         # The engine's own server has no frontend to register with: no discovery to point at.
         env.update(discovery_env(recipe, job_dir))
     if recipe.model.stage_dir:
@@ -295,7 +295,7 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
     fe_node = plan.frontend_node
 
     # The engine's own server answers the clients itself: no frontend, no discovery.
-    dynamo_front = recipe.frontend.server == "dynamo"
+    dynamo_front = recipe.frontend.server is FrontendServer.dynamo
     if dynamo_front and recipe.frontend.discovery is Discovery.etcd_nats:
         files[script("infra.sh")] = fill(
             template("infra.sh"),

@@ -23,7 +23,7 @@ from inferx_slurm.job.interpreter import check_interpreter, node_python
 from inferx_slurm.job.paths import JobPaths, SweepPaths, unused_dir
 from inferx_slurm.job.sbatch import submit_to_slurm
 from inferx_slurm.recipe.schema import Recipe
-from inferx_slurm.recipe.sections import ContainerRuntime, Discovery
+from inferx_slurm.recipe.sections import ContainerRuntime, Discovery, FrontendServer
 from inferx_slurm.reporting import Reporter, given
 from inferx_slurm.results import provenance
 
@@ -125,7 +125,7 @@ def prepare(dep: Deployment) -> Path:
     atomic_write_json(paths.launch, dep.launch.model_dump(mode="json"))
     provenance.start(dep.recipe, paths.root)
     paths.logs.mkdir(exist_ok=True)
-    if dep.recipe.frontend.server == "dynamo" and dep.recipe.frontend.discovery is Discovery.file:
+    if dep.recipe.frontend.server is FrontendServer.dynamo and dep.recipe.frontend.discovery is Discovery.file:
         paths.discovery.mkdir(exist_ok=True)  # the frontend and workers start before the driver is up
     return paths.root
 

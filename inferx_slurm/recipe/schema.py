@@ -21,7 +21,7 @@ from pydantic import (
 from inferx_slurm.errors import RecipeError
 from inferx_slurm.recipe.topology import Topology
 from inferx_slurm.recipe.sections import (
-    Backend, BenchmarkSpec, ContainerSpec, EngineSpec, ExpectSpec, FrontendSpec, ModelSpec, PlacementSpec,
+    Backend, BenchmarkSpec, ContainerSpec, EngineSpec, ExpectSpec, FrontendServer, FrontendSpec, ModelSpec, PlacementSpec,
     SlurmSpec, SpeculativeSpec, Strict,
 )
 from inferx_slurm.recipe.sweep_spec import SweepSpec
@@ -62,7 +62,7 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _serving(self) -> "Recipe":
         topos = [self.topology, *(self.sweep.topologies if self.sweep else [])]
-        if self.frontend.server == "engine":
+        if self.frontend.server is FrontendServer.engine:
             bad = next((t for t in topos if not t.aggregated or t.role("agg").workers != 1), None)
             if bad is not None:
                 raise ValueError(f"frontend.server engine serves one aggregated worker (topology 1A SPEC), not {bad}; "

@@ -305,13 +305,20 @@ class Discovery(str, Enum):
     file = "file"
 
 
+class FrontendServer(str, Enum):
+    """Who answers the benchmark's clients: the Dynamo frontend, or the engine's own server."""
+
+    dynamo = "dynamo"
+    engine = "engine"
+
+
 class FrontendSpec(Strict):
     infra_bin_dir: Optional[str] = Field(
         None, description="dir holding the etcd and nats-server binaries the infra step runs (on the host, not in "
         "the engine image, which has neither); unset: the host's PATH. setup_scripts/provision_infra_bins.sh fills one"
     )
-    server: Literal["dynamo", "engine"] = Field(
-        "dynamo",
+    server: FrontendServer = Field(
+        FrontendServer.dynamo,
         description="dynamo: the Dynamo frontend routes to the workers (needed for disaggregation); engine: the engine's "
         "own OpenAI server (vllm serve, sglang.launch_server) on http_port of its node, for one aggregated worker",
     )

@@ -13,16 +13,18 @@ import re
 from typing import Any, Optional
 
 from inferx_slurm.recipe.profiles import PROFILES
+from inferx_slurm.recipe.sections import FrontendServer
 from inferx_slurm.recipe.schema import Recipe
 
 # InferenceX's framework names (its configs' `framework:`), by (frontend, backend): Dynamo in
 # front of the engine, or the engine's own server. The mock engine is Dynamo's own
 # (`dynamo.mocker`) behind the Dynamo frontend, and InferenceX has no name for it:
 # `dynamo-mocker` says exactly what served, and no row of it can pass for a real engine's.
+_DYNAMO, _OWN = FrontendServer.dynamo, FrontendServer.engine
 FRAMEWORKS = {
-    ("dynamo", "vllm"): "dynamo-vllm", ("dynamo", "sglang"): "dynamo-sglang", ("dynamo", "trtllm"): "dynamo-trt",
-    ("dynamo", "mocker"): "dynamo-mocker",
-    ("engine", "vllm"): "vllm", ("engine", "sglang"): "sglang", ("engine", "trtllm"): "trt",
+    (_DYNAMO, "vllm"): "dynamo-vllm", (_DYNAMO, "sglang"): "dynamo-sglang", (_DYNAMO, "trtllm"): "dynamo-trt",
+    (_DYNAMO, "mocker"): "dynamo-mocker",
+    (_OWN, "vllm"): "vllm", (_OWN, "sglang"): "sglang", (_OWN, "trtllm"): "trt",
 }
 
 # Engine flags that set pipeline and context parallelism, per kind; absent means 1. The

@@ -20,7 +20,7 @@ from inferx_slurm.job.status import Summary
 from inferx_slurm.planning.placement import Plan
 from inferx_slurm.planning.ports import PortVar, ports_file
 from inferx_slurm.recipe.schema import Recipe
-from inferx_slurm.recipe.sections import Discovery
+from inferx_slurm.recipe.sections import Discovery, FrontendServer
 from inferx_slurm.results import provenance
 from inferx_slurm.runtime import node_cache_serve, nodes, readiness
 from inferx_slurm.runtime.accounting import served_requests
@@ -212,7 +212,7 @@ class Driver(ClientRunner):
 
     @property
     def own_server(self) -> bool:
-        return self.recipe.frontend.server == "engine"
+        return self.recipe.frontend.server is FrontendServer.engine
 
     def _port(self, step: str, var: PortVar) -> int | None:
         """A port `step` took on its node when it started (JOB/ports/STEP.env); None until then."""
