@@ -27,16 +27,11 @@ from inferx_slurm.runtime.ports import choose
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-# Moves every port of both runs (frontend, workers) by this much: on a machine where another
-# local cluster serves the recipe's default ports, a run would otherwise reach that one.
-PORT_SHIFT = int(os.environ.get("BENCH_PORT_SHIFT", "0"))
 
 
 def recipe() -> Recipe:
     r = Recipe.load(REPO / "recipes/disagg/local/mocker-1p1d.yaml")
-    return r.with_overrides({"benchmark.concurrency": [4], "benchmark.min_requests": 20, "name": "bench-launch",
-                             "frontend.http_port": r.frontend.http_port + PORT_SHIFT,
-                             "placement.port_base": r.placement.port_base + PORT_SHIFT})
+    return r.with_overrides({"benchmark.concurrency": [4], "benchmark.min_requests": 20, "name": "bench-launch"})
 
 
 def squeue_state(job: str) -> str:
