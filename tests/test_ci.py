@@ -166,6 +166,7 @@ def test_fault_kinds_map_to_exit_codes():
     assert cr.classify_fault("not_ready", "") == cr.classify_fault("stalled", "") == "engine"
     assert cr.CATEGORY_EXIT[cr.classify_fault("client", "")] == cr.EXIT_BENCHMARK
     assert cr.classify_fault(None, "job 5 ended NODE_FAIL") == "infrastructure"
+    assert cr.CATEGORY_EXIT[cr.classify_fault("node_cache", "node1: no room for the weights")] == cr.EXIT_INFRA
     assert len({cr.EXIT_RECIPE, cr.EXIT_INFRA, cr.EXIT_ENGINE, cr.EXIT_REGRESSION, cr.EXIT_BENCHMARK}) == 5
 
 

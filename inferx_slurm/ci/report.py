@@ -59,6 +59,8 @@ CATEGORY_EXIT = {
 _FAULT_CATEGORY = {
     FaultKind.node_down: Category.infrastructure, FaultKind.infra: Category.infrastructure,
     FaultKind.install: Category.infrastructure, FaultKind.time_limit: Category.infrastructure,
+    # A node that cannot hold the weights model.node_cache requires: its disk, like staging's.
+    FaultKind.node_cache: Category.infrastructure,
     FaultKind.not_ready: Category.engine, FaultKind.stalled: Category.engine,
     FaultKind.client: Category.benchmark, FaultKind.cancelled: Category.cancelled,
 }
