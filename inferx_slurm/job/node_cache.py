@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Optional
 
 from inferx_slurm.job.interpreter import node_python
+from inferx_slurm.job.paths import JobPaths
 from inferx_slurm.planning.placement import Plan
 from inferx_slurm.recipe.node_cache import NODE_PLACEHOLDER, NodeCacheMode, NodeCacheSpec, expand_dir, format_bytes, mount_root
 from inferx_slurm.recipe.schema import Recipe
 
 # Set by the worker script before the engine starts (see serve_lines).
 NODE_MODEL = "${INFERX_NODE_MODEL}"
-SCRIPT = "scripts/node-cache.sh"
-RESULTS_DIR = "node-cache"
+SCRIPT = JobPaths.script_rel("node-cache.sh")
+RESULTS_DIR = JobPaths.NODE_CACHE
 STEP_MODULE = "inferx_slurm.runtime.node_cache_step"
 # A copy step that runs this long has hung: the longest loads reported are one to two hours.
 STEP_TIMEOUT_S = 6 * 3600.0

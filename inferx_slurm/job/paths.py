@@ -13,6 +13,7 @@ A job dir, as `launch` prepares it and the driver fills it::
     nodes.env                                          plan node i -> host and address (the driver writes it)
     scripts/ logs/ submitit/ provenance/               step scripts, step logs, submitit's files, worker reports
     discovery/ infra/ cache/                           file discovery, etcd/NATS state, per-node compile caches
+    ports/ node-cache/                                 the ports each step took at start, each node's weight copy
     bench/SCENARIO/cCONCURRENCY/                       one benchmark point: client.log and aiperf's export
 """
 
@@ -48,6 +49,8 @@ class JobPaths:
     DISCOVERY = "discovery"
     INFRA = "infra"
     CACHE = "cache"
+    PORTS = "ports"
+    NODE_CACHE = "node-cache"
     BENCH = "bench"
     CLIENT_LOG = "client.log"
 
@@ -83,6 +86,8 @@ class JobPaths:
     discovery = _path(DISCOVERY)
     infra = _path(INFRA)
     cache = _path(CACHE)
+    ports = _path(PORTS)
+    node_cache = _path(NODE_CACHE)
 
     def file(self, rel: str) -> Path:
         """A path given relative to the job dir (a rendered file, a step's script)."""

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from enum import Enum
 
-PORTS_DIR = "ports"
-PORTS_SCRIPT = "scripts/ports.py"
+from inferx_slurm.job.paths import JobPaths
+
+PORTS_DIR = JobPaths.PORTS
+PORTS_SCRIPT = JobPaths.script_rel("ports.py")
 
 
 class PortVar(str, Enum):
