@@ -7,7 +7,7 @@ Exit codes, so a workflow can tell failures apart:
 |---|---|
 | 0 | the run finished and passed the baseline gate (if any) |
 | 2 | recipe or environment error: nothing was submitted |
-| 3 | infrastructure failure: a node, Slurm, the image, staging, discovery infra, the time limit |
+| 3 | infrastructure failure: a node, Slurm, the image, staging, a node's weight cache, discovery infra, the time limit |
 | 4 | engine failure: a worker or the frontend exited, never became ready, stalled, or runs other versions than the recipe pins |
 | 5 | benchmark regression: a metric dropped by more than its threshold against `--baseline` |
 | 6 | benchmark client failure: aiperf crashed, wrote nothing, or no request of a point completed |
