@@ -10,7 +10,10 @@ import pytest
 import yaml
 
 from inferx_slurm.errors import RecipeError
-from inferx_slurm.planning.kv_layout import layout_problems, require_kv_layout
+from inferx_slurm.job.deployment import build_deployment
+from inferx_slurm.job.dry_run import dry_run_text
+from inferx_slurm.job.submit import check_deployment
+from inferx_slurm.planning.kv_layout import layout_problems
 from inferx_slurm.planning.placement import plan_recipe
 from inferx_slurm.recipe.schema import Recipe
 
@@ -30,13 +33,17 @@ def test_library_recipes_agree():
         assert layout_problems(r, plan_recipe(r)) == [], path
 
 
-def test_block_size_mismatch_names_both_values():
+def test_block_size_mismatch_names_both_values(tmp_path):
     r = recipe(**{"engine.prefill.args": {"block-size": 128}, "engine.decode.args": {"block-size": 16}})
+    dep = build_deployment(r, tmp_path / "run")  # the verdict is built with the deployment, refused before submit
     with pytest.raises(RecipeError) as e:
-        require_kv_layout(r, plan_recipe(r))
+        check_deployment(dep)
     assert e.value.field == "engine.decode.args.block-size" and e.value.value == 16
     msg = str(e.value)
     assert "prefill has 128 (engine.prefill.args.block-size)" in msg and "decode has 16" in msg
+    with pytest.raises(RecipeError) as shown:  # the dry run refuses it too, from the same verdict
+        dry_run_text(dep)
+    assert shown.value is e.value
 
 
 def test_dtype_model_and_connector_mismatches_are_each_named():

@@ -97,9 +97,3 @@ def layout_error(recipe: Recipe, plan: Plan) -> Optional[RecipeError]:
     first = problems[0]
     return RecipeError(first.field, first.value, first.valid, problems=[str(e) for e in problems])
 
-
-def require_kv_layout(recipe: Recipe, plan: Plan) -> None:
-    """Refuse a deployment whose prefill and decode KV layouts differ (exit 2, before submit)."""
-    err = layout_error(recipe, plan)
-    if err is not None:
-        raise err
