@@ -277,7 +277,6 @@ class Driver(ClientRunner):
 
     def _start_engines(self) -> None:
         self._launch("node_cache")  # every node copies the weights while Dynamo installs
-        self._watch_allocation()  # a cancel, the time limit or a dead node ends the copies too
         self._install()
         self._serve_weights()
         self._launch("frontend")
@@ -291,6 +290,7 @@ class Driver(ClientRunner):
         if not steps:
             return
         started = time.time()
+        self._watch_allocation()  # the time limit or a dead node ends the copies too
         node_cache_serve.await_steps(steps, self.watch)
         self.steps = [s for s in self.steps if s not in steps]  # done: their exits are not faults of the deployment
         settled = node_cache_serve.settle(self.dir, self.plan, steps, self.recipe.model.path)
