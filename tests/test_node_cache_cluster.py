@@ -20,6 +20,7 @@ import yaml
 
 from inferx_slurm import submit
 from inferx_slurm.job.handle import RunError
+from inferx_slurm.job.phases import Phase
 from inferx_slurm.sharedfs.node_cache import prune
 from inferx_slurm.sharedfs.stage_manifest import MANIFEST_NAME, READY_NAME, is_staged
 
@@ -104,9 +105,9 @@ def test_three_nodes_copy_at_once_a_second_job_copies_nothing_and_a_running_jobs
     second = submit(recipe(model, tmp_path), tmp_path / "run2")
     run2 = second.results_dir
     deadline = time.time() + 240
-    while second.status().get("phase") not in ("ready", "benchmarking", "done", "failed") and time.time() < deadline:
+    while second.status().phase not in (Phase.ready, Phase.benchmarking, Phase.done, Phase.failed) and time.time() < deadline:
         time.sleep(0.5)
-    assert second.status().get("phase") in ("ready", "benchmarking"), second.status()
+    assert second.status().phase in (Phase.ready, Phase.benchmarking), second.status()
     # While the job runs its copy is pinned: pruning everything on its nodes keeps it.
     for host in HOSTS:
         res = prune(tmp_path / "cache" / host, everything=True)
