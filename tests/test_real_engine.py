@@ -112,13 +112,20 @@ def _kill_leftovers(run_dir: Path) -> list[int]:
     return killed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect: SIGKILL of dynamo.vllm's main process leaves its EngineCore and Worker children "
-    "running, so on a cluster whose proctrack follows the process tree (the local cluster's "
-    "linuxproc) the srun step never ends and the driver sees no exit; the frontend then fails the "
-    "remaining requests fast and the run ends 'done' with them counted as failed. Detecting a dead "
-    "worker by its health endpoint or registration, killing the step's process group, and marking "
-    "such a point invalid fix it; this test then passes and the marker must go."))
+def _group(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            # Field 5 of stat is the process group; the command name before it may hold spaces.
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            out.append(int(proc.name))
+    return out
+
+
 def test_decode_engine_killed_mid_benchmark(cluster, tmp_path):
     try:
         _decode_engine_killed_mid_benchmark(tmp_path)
@@ -142,6 +149,8 @@ def _decode_engine_killed_mid_benchmark(tmp_path):
     else:
         raise AssertionError("the benchmark never started moving KV blocks")
     pid = int((h.results_dir / "logs" / "decode-0.n0.pid").read_text())
+    left = _group(pid)
+    assert len(left) > 1, left  # the engine's main process and the engine core it started
     t = time.time()
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(RunError):
@@ -152,3 +161,5 @@ def _decode_engine_killed_mid_benchmark(tmp_path):
     # Seen within seconds, not at a time-out: the engine's exit is the event.
     assert st["fault_at"] - t < 15, st["fault_at"] - t
     assert h.results()["partial"] is True
+    # What the killed process had started went with it: nothing of its group outlives the step.
+    assert _group(pid) == []

@@ -172,7 +172,7 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
             f'    echo "[inferx] {w.name} node_rank=$node_rank host=$(hostname) '
             f'gpus=${{CUDA_VISIBLE_DEVICES:-unset}}{amd} start=$(date +%s.%N)"'
         )
-        lines.append(f"    exec {shell_join(c.argv)} ;;")
+        lines.append(f"    reap_group; exec {shell_join(c.argv)} ;;")
         cases.append("\n".join(lines))
     return fill(
         template("worker.sh"),
