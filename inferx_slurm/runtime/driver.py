@@ -21,7 +21,7 @@ from inferx_slurm.planning.ports import PortVar, ports_file
 from inferx_slurm.recipe.sections import Discovery
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.job.render import RenderedJob, srun_argv
-from inferx_slurm.runtime import metrics, node_cache_serve, nodes, readiness
+from inferx_slurm.runtime import fabric, metrics, node_cache_serve, nodes, readiness
 from inferx_slurm.runtime.accounting import served_requests
 from inferx_slurm.runtime.energy import point_power
 from inferx_slurm.runtime.gpumon import gpu_metrics
@@ -256,11 +256,25 @@ class Driver:
     def _start_engines(self) -> None:
         self._launch("node_cache")  # every node copies the weights while Dynamo installs
         self._install()
+        self._fabric_preflight()
         self._serve_weights()
         self._launch("frontend")
         self._launch("worker")
         self._launch("monitor")
         self.event("engines started", steps=len(self.steps))
+
+    def _fabric_preflight(self) -> None:
+        """Every prefill node moves a few KB to every decode node over NIXL, with the workers'
+        UCX settings, before any weights load (planning/fabric.py)."""
+        if not any(s.kind == "fabric" for s in self.job.steps):
+            return
+        self._launch("fabric")
+        steps = [s for s in self.steps if s.step.kind == "fabric"]
+        outcome = fabric.run(self.dir, self.plan, self.hosts, steps, self._watch)
+        self.steps = [s for s in self.steps if s not in steps]  # done: their exits are not faults of the deployment
+        if outcome.fault:
+            raise FaultRaised(outcome.fault)
+        self.event("fabric ok", seconds=outcome.seconds, pairs=outcome.summary())
 
     def _serve_weights(self) -> None:
         """With model.node_cache: wait for every node's copy, then tell each engine where its weights are."""
