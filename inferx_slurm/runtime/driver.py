@@ -24,6 +24,7 @@ from inferx_slurm.job.render import RenderedJob, srun_argv
 from inferx_slurm.runtime import fabric, metrics, node_cache_serve, nodes, readiness
 from inferx_slurm.runtime.accounting import served_requests
 from inferx_slurm.runtime.energy import point_power
+from inferx_slurm.runtime.fatal_lines import FatalLineWatch
 from inferx_slurm.runtime.gpumon import gpu_metrics
 from inferx_slurm.runtime.ports import read_ports
 from inferx_slurm.runtime.steps import RunningStep, stop_all
@@ -298,10 +299,13 @@ class Driver:
         roles = () if self.own_server else self.recipe.topology.roles
         want = {r: len(self.plan.role_workers(r)) for r in roles}
         started = time.time()
+        fatal = FatalLineWatch()
         timeouts = {r: max((s.startup_timeout_s for s in self.job.steps if s.role == r), default=0)
                     for r in self.recipe.topology.roles}
         while True:
             self._watch()
+            if (fault := fatal.scan(self.steps)) is not None:
+                raise FaultRaised(fault)
             url = self.base_url
             have = {} if self.own_server or url is None else readiness.accepted_workers(url, self.recipe.model.name)
             if url is None:  # the server's step has not taken its port yet
