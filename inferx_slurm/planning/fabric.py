@@ -184,7 +184,7 @@ def diagnose(fp: FabricPlan, records: dict[tuple[Side, int], SideRecord], hosts:
     def host(n: int) -> str:
         return hosts[n] if n < len(hosts) else "?"
 
-    for side in Side:
+    for side in (Side.initiator, Side.target):
         for n in fp.nodes(side):
             rec = records.get((side, n))
             if rec is None:
