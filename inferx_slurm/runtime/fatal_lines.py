@@ -9,6 +9,8 @@ error and the engine waits for it forever, alive and never registered.
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -28,21 +30,48 @@ FATAL = [
 CHUNK = 1 << 20
 
 
+# The last line of a Python traceback: the exception and its message ("zmq.error.ZMQError: ...").
+_EXCEPTION = re.compile(r"^\s*(\([^)]*\)\s*)?[A-Za-z_][\w.]*(Error|Exception)\b[^:]*:")
+# How long a matched line waits for its traceback's last line to be written.
+TRACEBACK_WAIT_S = 3.0
+
+
+@dataclass
+class _Pending:
+    step: RunningStep
+    line: str
+    why: str
+    at: float
+
+
 @dataclass
 class FatalLineWatch:
     offsets: dict[Path, int] = field(default_factory=dict)
     partial: dict[Path, str] = field(default_factory=dict)
+    pending: Optional[_Pending] = None
 
     def scan(self, steps: list[RunningStep]) -> Optional[Fault]:
+        """A fault once a fatal line and the exception that follows it are written (or a few
+        seconds after the line, without one)."""
         for s in steps:
             if s.step.kind != "worker":
                 continue
             for line in self._new_lines(s.log):
-                for needle, why in FATAL:
-                    if needle in line:
-                        who = f"{s.step.role} worker {s.step.index}"
-                        return Fault("engine_fatal", s, f"{who} on host {s.host}: {why}. Log line: {line.strip()}", host=s.host)
+                p = self.pending
+                if p is not None and p.step is s and _EXCEPTION.match(line):
+                    return self._fault(p, line.strip())
+                match = next((why for needle, why in FATAL if needle in line), None)
+                if match and p is None:
+                    self.pending = _Pending(s, line.strip(), match, time.time())
+        if self.pending is not None and time.time() - self.pending.at > TRACEBACK_WAIT_S:
+            return self._fault(self.pending, None)
         return None
+
+    @staticmethod
+    def _fault(p: _Pending, exception: Optional[str]) -> Fault:
+        who = f"{p.step.step.role} worker {p.step.step.index}"
+        said = f"{p.line} ... {exception}" if exception else p.line
+        return Fault("engine_fatal", p.step, f"{who} on host {p.step.host}: {p.why}. Its log: {said}", host=p.step.host)
 
     def _new_lines(self, path: Path) -> list[str]:
         try:
