@@ -72,8 +72,9 @@ def test_dry_run_writes_and_submits_nothing(tmp_path):
     r = Recipe.from_dict({"name": "d", "topology": "2P1D DEP8->DEP16", "profile": "gb200-nvl72", "model": {"path": "org/m"}})
     text = dry_run_text(r, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    # infra + frontend, 2 prefill workers x 2 nodes, decode x 4 nodes, a GPU sampler per node
-    assert "#SBATCH --nodes=8" in text and text.count("srun --overlap") == 2 + 2 * 2 + 4 + 8
+    # infra + frontend, 2 prefill workers x 2 nodes, decode x 4 nodes, a GPU sampler per node,
+    # a NIXL fabric probe on each of the 4 prefill and 4 decode nodes
+    assert "#SBATCH --nodes=8" in text and text.count("srun --overlap") == 2 + 2 * 2 + 4 + 8 + 4 + 4
 
 
 def test_cli_launch_dry_run_and_bad_recipe(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from inferx_slurm import RunError, submit
+from inferx_slurm.planning.fabric import TRANSFER_BYTES, SideRecord
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.runtime.ports import read_ports
 
@@ -70,6 +71,77 @@ def test_disaggregated_1p1d_moves_kv_from_prefill_to_decode(cluster, tmp_path):
     status = json.loads((d / "status.json").read_text())
     ready = next(e for e in status["events"] if e["event"] == "ready")
     assert ready["registered"]["prefill"] == 1 and ready["registered"]["decode"] == 1, ready
+    # Before any engine started, the fabric preflight moved bytes from the prefill node to the
+    # decode node over NIXL with the workers' UCX_TLS, both ways, and the target saw them intact.
+    names = [e["event"] for e in status["events"]]
+    assert names.index("fabric ok") < names.index("engines started"), names
+    fab = next(e for e in status["events"] if e["event"] == "fabric ok")
+    assert [(p["pair"], p["transport"], p["ok"], p["bytes"]) for p in fab["pairs"]] == [("0->1", "tcp", True, 2 * TRANSFER_BYTES)], fab
+    init = SideRecord.model_validate_json((d / "fabric" / "initiator.node0.json").read_text())
+    target = SideRecord.model_validate_json((d / "fabric" / "target.node1.json").read_text())
+    assert init.ok and target.ok and target.seen == [0] and init.pairs[0].seconds > 0
+
+
+def test_an_impossible_ucx_transport_fails_in_the_fabric_preflight_before_weights_load(cluster, tmp_path):
+    """UCX_TLS naming a transport these nodes do not have: the engines would die only once their
+    weights are loaded (minutes); the preflight fails the run in seconds, naming the value."""
+    r = Recipe.load(DISAGG)
+    r = r.with_overrides({"name": "local-vllm-1p1d-baducx", "engine.env": {**r.engine.env, "UCX_TLS": "rc_mlx5"}})
+    h = submit(r, tmp_path / "run")
+    with pytest.raises(RunError):
+        h.wait(timeout=300, poll_s=0.5)
+    d = h.results_dir
+    st = json.loads((d / "status.json").read_text())
+    assert st["fault"] == "fabric", st
+    diag = st["diagnosis"]
+    assert "NIXL fabric preflight failed before any weights loaded" in diag
+    assert "prefill node 0" in diag and "decode node 1" in diag and "UCX_TLS=rc_mlx5" in diag
+    assert "transport 'rc_mlx5' is not available" in diag  # UCX's own words
+    # No engine ever started: no worker step ran, so no worker log exists.
+    names = [e["event"] for e in st["events"]]
+    assert "engines started" not in names and not list((d / "logs").glob("prefill-0*")), names
+    assert h.results()["partial"] is True and h.results()["rows"] == []
+    started = next(e["t"] for e in st["events"] if e["event"] == "nodes")
+    failed = next(e["t"] for e in st["events"] if e["event"] == "failed")
+    print(f"fabric preflight failure {failed - started:.1f} s after the nodes were known")
+    assert failed - started < 60, (started, failed)
+
+
+def test_a_side_channel_port_taken_after_the_check_fails_the_run_before_any_point(cluster, tmp_path):
+    """Another process takes the prefill worker's NIXL side-channel port after its step checked
+    the port block and before vLLM binds it (once its weights are loaded). vLLM's listener thread
+    dies and the engine waits for it forever: alive, never registered. The run fails when that
+    line is written, not at the start-up time-out, and publishes no point."""
+    import socket
+
+    r = Recipe.load(DISAGG).with_overrides({"name": "local-vllm-1p1d-sidechannel"})
+    h = submit(r, tmp_path / "run")
+    ports = h.results_dir / "ports" / "prefill-0.n0.env"
+    squatter, end = None, time.time() + RUN_TIMEOUT_S
+    try:
+        while squatter is None and time.time() < end:
+            port = read_ports(ports).get("INFERX_KV_SIDE_CHANNEL_PORT")
+            if port:
+                squatter = socket.socket()
+                squatter.bind(("0.0.0.0", port))
+                squatter.listen(1)
+            time.sleep(0.05)
+        with pytest.raises(RunError):
+            h.wait(timeout=RUN_TIMEOUT_S, poll_s=0.5)
+    finally:
+        if squatter:
+            squatter.close()
+        _kill_leftovers(h.results_dir)
+    st = json.loads((h.results_dir / "status.json").read_text())
+    assert st["fault"] == "engine_fatal", st
+    assert "prefill worker 0" in st["diagnosis"] and "side-channel listener died" in st["diagnosis"], st["diagnosis"]
+    assert "Address already in use" in st["diagnosis"], st["diagnosis"]
+    assert h.results()["rows"] == [] and h.results()["partial"] is True
+    started = next(e["t"] for e in st["events"] if e["event"] == "engines started")
+    failed = next(e["t"] for e in st["events"] if e["event"] == "failed")
+    print(f"side-channel collision: failed {failed - started:.1f} s after the engines started")
+    # Well before the start-up time-out the run would otherwise wait out.
+    assert failed - started < r.engine.startup_timeout_s - 60, (started, failed)
 
 
 def test_engine_own_server_with_ngram_speculation(cluster, tmp_path):

@@ -41,12 +41,12 @@ CATEGORY_EXIT = {
 
 def classify_fault(kind: Optional[str], message: str) -> str:
     """The category of a failed run, from the driver's fault kind and diagnosis."""
-    if kind in ("node_down", "infra", "install", "time_limit"):
+    if kind in ("node_down", "infra", "install", "time_limit", "fabric"):
         return "infrastructure"
     if kind == "exited":
         # The discovery servers are infrastructure; a worker or the frontend is the engine.
         return "infrastructure" if message.startswith("infra ") else "engine"
-    if kind in ("not_ready", "stalled"):
+    if kind in ("not_ready", "stalled", "engine_fatal"):
         return "engine"
     if kind == "client":
         return "benchmark"

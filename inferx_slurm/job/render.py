@@ -19,14 +19,15 @@ from pydantic import BaseModel, ConfigDict
 
 from inferx_slurm.engines import node_commands, preflight_needs, startup_timeout
 from inferx_slurm.engines.common import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags, http_port
-from inferx_slurm.job import node_cache
+from inferx_slurm.job import fabric, node_cache
+from inferx_slurm.planning import fabric as fabric_plan
 from inferx_slurm.planning.placement import PORTS_PER_WORKER, Plan, WorkerPlacement, plan_recipe
 from inferx_slurm.planning.ports import PORTS_DIR, PORTS_SCRIPT, WORKER_BLOCK, PortVar, port_or_ref, ports_file, request
 from inferx_slurm.recipe.profiles import PROFILES
 from inferx_slurm.recipe.sections import ContainerRuntime, Discovery
 from inferx_slurm.recipe.schema import Recipe
 
-StepKind = Literal["infra", "install", "frontend", "worker", "monitor", "node_cache"]
+StepKind = Literal["infra", "install", "fabric", "frontend", "worker", "monitor", "node_cache"]
 _PLACEHOLDERS = (LEADER_ADDR, INFRA_ADDR, node_cache.NODE_MODEL, *(v.ref for v in PortVar))
 _PH_RE = re.compile("(" + "|".join(re.escape(p) for p in _PLACEHOLDERS) + ")")
 
@@ -151,16 +152,19 @@ def base_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
     return env
 
 
+def role_env(recipe: Recipe, role: str, job_dir: str) -> dict[str, str]:
+    """What a role's workers export (and the fabric preflight runs with)."""
+    return {**base_env(recipe, job_dir), **recipe.engine.env, **recipe.engine.role(role).env}
+
+
 def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[NodeCommand], job_dir: str) -> str:
-    env = base_env(recipe, job_dir)
-    env.update(recipe.engine.env)
-    env.update(recipe.engine.role(w.role).env)
+    env = role_env(recipe, w.role, job_dir)
     cache_root = f"{job_dir}/cache"
     cache = "\n".join([
         *(f'export {var}={shell_word(cache_root)}/"$(hostname)"/{var.lower()}' for var in PROFILES[recipe.profile].per_node_cache_vars),
         *node_cache.serve_lines(recipe, job_dir, w.name),
     ])
-    setup = "\n".join(f"source {shell_word(s)}" for s in recipe.setup_scripts) or ":"
+    setup = setup_sources(recipe)
     cases = []
     for c in cmds:
         lines = [f"  {c.node_rank})  # plan node {c.node}" + (" (leader)" if c.leader else "")]
@@ -190,6 +194,35 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
         pid_dir=shell_word(f"{job_dir}/logs"),
         cases="\n".join(cases),
     )
+
+
+def setup_sources(recipe: Recipe) -> str:
+    return "\n".join(f"source {shell_word(s)}" for s in recipe.setup_scripts) or ":"
+
+
+def fabric_steps(recipe: Recipe, plan: Plan, job_dir: str, files: dict[str, str]) -> list[Step]:
+    """The NIXL fabric preflight (planning/fabric.py): a target on every decode node, an
+    initiator on every prefill node, each with its role's environment."""
+    if not fabric_plan.enabled(recipe, plan):
+        return []
+    fp = fabric_plan.plan_pairs(plan)
+    # Discovery is not theirs to reach (and its addresses are the workers' variables).
+    no_discovery = set(discovery_env(recipe, job_dir))
+    files[fabric_plan.PROBE_SCRIPT] = resources.files("inferx_slurm").joinpath("runtime", "fabric_probe.py").read_text()
+    steps = []
+    for side in fabric_plan.Side:
+        script = f"scripts/fabric-{side.value}.sh"
+        files[script] = fill(
+            template("fabric.sh"), side=side.value, role=side.role, script_name=f"fabric-{side.value}.sh",
+            what="listens for every prefill node's transfer" if side is fabric_plan.Side.target else
+            "writes into every decode node's target and reads it back",
+            nodes_env=shell_word(f"{job_dir}/nodes.env"), env_exports=exports({k: v for k, v in role_env(recipe, side.role, job_dir).items() if k not in no_discovery}),
+            setup_sources=setup_sources(recipe), command=fabric.probe_line(recipe, fp, side, job_dir),
+            ports=fabric.port_line(recipe, job_dir) if side is fabric_plan.Side.target else ":",
+        )
+        steps += [Step(name=fabric_plan.step_name(side, n), kind="fabric", role=side.role, node=n, script=script,
+                       startup_timeout_s=fabric_plan.STEP_TIMEOUT_S) for n in fp.nodes(side)]
+    return steps
 
 
 IDENTITY_PROBE = "scripts/identity_probe.py"
@@ -336,6 +369,7 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
         )
         steps.append(Step(name="frontend", kind="frontend", node=fe_node, script="scripts/frontend.sh", startup_timeout_s=120))
 
+    steps += fabric_steps(recipe, plan, job_dir, files)
     files[IDENTITY_PROBE] = identity_probe_source()
     files[PORTS_SCRIPT] = resources.files("inferx_slurm").joinpath("runtime", "ports.py").read_text()
     engine = node_cache.engine_recipe(recipe)  # with the node cache on, engines read their node's copy
@@ -377,7 +411,7 @@ def container_name(job_id: str, node: int) -> str:
 
 # Steps that run in the engine's container; discovery and the GPU sampler run on the host:
 # the engine image has neither etcd nor NATS, and the sampler needs only a host Python.
-CONTAINER_STEPS = ("install", "frontend", "worker")
+CONTAINER_STEPS = ("install", "fabric", "frontend", "worker")
 
 
 def container_mounts(recipe: Recipe, job_dir: str) -> list[str]:
@@ -425,6 +459,6 @@ def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Option
     argv += ["bash", f"{job_dir}/{step.script}"]
     if step.kind == "worker":
         argv.append(str(step.node_rank))
-    elif step.kind == "node_cache":
+    elif step.kind in ("node_cache", "fabric"):
         argv.append(str(step.node))
     return argv

@@ -253,6 +253,11 @@ class EngineSpec(Strict):
         "(disaggregated vllm/sglang)"
     )
     startup_timeout_s: Optional[float] = Field(None, gt=0, description="time for workers to register; default per backend")
+    fabric_preflight: bool = Field(
+        True, description="before any weights load, move a small NIXL transfer between every prefill and every decode "
+        "node with the workers' UCX settings, and fail in seconds naming the broken pair; applies when the engines "
+        "move KV over NIXL (disaggregated, NixlConnector); false skips it"
+    )
 
     @field_validator("args")
     @classmethod

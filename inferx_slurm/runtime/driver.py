@@ -21,9 +21,10 @@ from inferx_slurm.planning.ports import PortVar, ports_file
 from inferx_slurm.recipe.sections import Discovery
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.job.render import RenderedJob, srun_argv
-from inferx_slurm.runtime import metrics, node_cache_serve, nodes, readiness
+from inferx_slurm.runtime import fabric, metrics, node_cache_serve, nodes, readiness
 from inferx_slurm.runtime.accounting import served_requests
 from inferx_slurm.runtime.energy import point_power
+from inferx_slurm.runtime.fatal_lines import FatalLineWatch
 from inferx_slurm.runtime.gpumon import gpu_metrics
 from inferx_slurm.runtime.ports import read_ports
 from inferx_slurm.runtime.steps import RunningStep, stop_all
@@ -256,11 +257,25 @@ class Driver:
     def _start_engines(self) -> None:
         self._launch("node_cache")  # every node copies the weights while Dynamo installs
         self._install()
+        self._fabric_preflight()
         self._serve_weights()
         self._launch("frontend")
         self._launch("worker")
         self._launch("monitor")
         self.event("engines started", steps=len(self.steps))
+
+    def _fabric_preflight(self) -> None:
+        """Every prefill node moves a few KB to every decode node over NIXL, with the workers'
+        UCX settings, before any weights load (planning/fabric.py)."""
+        if not any(s.kind == "fabric" for s in self.job.steps):
+            return
+        self._launch("fabric")
+        steps = [s for s in self.steps if s.step.kind == "fabric"]
+        outcome = fabric.run(self.dir, self.plan, self.hosts, steps, self._watch)
+        self.steps = [s for s in self.steps if s not in steps]  # done: their exits are not faults of the deployment
+        if outcome.fault:
+            raise FaultRaised(outcome.fault)
+        self.event("fabric ok", seconds=outcome.seconds, pairs=outcome.summary())
 
     def _serve_weights(self) -> None:
         """With model.node_cache: wait for every node's copy, then tell each engine where its weights are."""
@@ -284,10 +299,13 @@ class Driver:
         roles = () if self.own_server else self.recipe.topology.roles
         want = {r: len(self.plan.role_workers(r)) for r in roles}
         started = time.time()
+        fatal = FatalLineWatch()
         timeouts = {r: max((s.startup_timeout_s for s in self.job.steps if s.role == r), default=0)
                     for r in self.recipe.topology.roles}
         while True:
             self._watch()
+            if (fault := fatal.scan(self.steps)) is not None:
+                raise FaultRaised(fault)
             url = self.base_url
             have = {} if self.own_server or url is None else readiness.accepted_workers(url, self.recipe.model.name)
             if url is None:  # the server's step has not taken its port yet
