@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from inferx_slurm.planning.ports import PortVar, ports_file
+from inferx_slurm.runtime.ports import read_ports
+
 from conftest import REPO
 from test_evals import write_gsm8k
 
@@ -21,18 +24,19 @@ pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 VLLM_PY = Path(os.environ.get("INFERX_VLLM_PYTHON", "/opt/vllm-venv/bin/python"))
 AGG = REPO / "recipes" / "agg" / "local" / "vllm-1a.yaml"
+DISAGG = REPO / "recipes" / "disagg" / "local" / "vllm-1p1d.yaml"
 RUN_TIMEOUT_S = 900
 
 if not VLLM_PY.exists():
     pytestmark.append(pytest.mark.skip(reason=f"no engine environment at {VLLM_PY}: bash setup_scripts/install_engines.sh"))
 
 
-def recipe_with_eval(tmp_path: Path, threshold: float) -> Path:
-    doc = yaml.safe_load(AGG.read_text())
+def recipe_with_eval(tmp_path: Path, threshold: float, base: Path = AGG) -> Path:
+    doc = yaml.safe_load(base.read_text())
     doc["eval"] = {"tasks": [{"name": "gsm8k", "dataset": str(write_gsm8k(tmp_path / "gsm8k")), "num_fewshot": 1,
                               "threshold": threshold}],
                    "limit": 6, "max_tokens": 32, "stage_dir": str(tmp_path / "staged")}
-    path = tmp_path / f"vllm-1a-eval-{threshold}.yaml"
+    path = tmp_path / f"{base.stem}-eval-{threshold}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -91,3 +95,18 @@ def test_eval_only_below_threshold_fails_with_the_accuracy_exit(cluster, tmp_pat
     assert "FAILED: accuracy (exit 7)" in md and "**FAIL**" in md
     print(p.stdout[-3000:])
     print(md)
+
+
+def test_eval_through_the_dynamo_frontend_of_a_disaggregated_deployment(cluster, tmp_path):
+    """Prefill and decode workers behind the Dynamo frontend: the eval's chat requests go
+    through the frontend and both workers, as the benchmark's do."""
+    p = ci(recipe_with_eval(tmp_path, 0.0, DISAGG), tmp_path / "disagg", "--eval")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    summary = json.loads((tmp_path / "disagg" / "run" / "summary.json").read_text())
+    (t,) = summary["eval"]["tasks"]
+    assert t["n"] == 6 and t["passed"] is True and summary["rows"][0]["completed"] == 8
+    frontend = read_ports(ports_file(str(tmp_path / "disagg" / "run"), "frontend"))[PortVar.http.value]
+    assert summary["eval"]["url"].endswith(f":{frontend}")
+    # Benchmark (8 + 1 warm-up) and eval (6) requests all went through prefill and decode.
+    assert summary["served"]["through_prefill_and_decode"] == 15, summary["served"]
+    print((tmp_path / "disagg" / "summary.md").read_text())

@@ -246,3 +246,44 @@ def test_ci_report_for_accuracy_below_threshold(tmp_path):
     rep = {"name": "ev", "exit_code": cr.EXIT_OK, "category": None, "warnings": []}
     ci_evals.gather(rep, {"eval": block(0.125, 0.0)}, recipe, result_labels(recipe, CIEnv()), 1, tmp_path)
     assert rep["exit_code"] == cr.EXIT_OK and cr.outputs(rep)["eval_passed"] == "true"
+
+
+def cli(*argv: str):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "inferx_slurm", *argv], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_results_prints_the_eval_beside_the_throughput_and_compare_its_change(tmp_path):
+    row = {"isl": 300, "osl": 16, "concurrency": 2, "tput_per_gpu": 100.0, "completed": 8, "failed": 0}
+    for name, score in (("base", 0.5), ("new", 0.75)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"name": name, "topology": "1A TP1", "total_gpus": 1, "rows": [row], "eval": block(score, 0.6)}))
+    out = cli("results", str(tmp_path / "new"))
+    assert out.returncode == 0, out.stderr
+    assert "tok/s/gpu" in out.stdout and "eval at concurrency 2" in out.stdout and "gsm8k  0.7500" in out.stdout and "pass" in out.stdout
+    out = cli("results", str(tmp_path / "new"), "--compare", str(tmp_path / "base"))
+    assert out.returncode == 0, out.stderr
+    assert "accuracy (score change, new vs base)" in out.stdout and "+0.2500 ok" in out.stdout
+
+
+def test_launch_eval_flag_without_an_eval_section_is_refused_by_name(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps(base_recipe()))
+    out = cli("launch", str(recipe), "--eval-only", "--dry-run")
+    assert out.returncode == 2 and "eval:" in out.stderr and "no eval: section" in out.stderr, out.stderr
+
+
+def test_ci_with_a_missing_dataset_exits_2_naming_the_field_before_submit(tmp_path):
+    import yaml
+
+    from inferx_slurm.ci.run import CIOptions, run_ci
+
+    doc = yaml.safe_load((REPO / "recipes/agg/local/vllm-1a.yaml").read_text())
+    doc["eval"] = {"tasks": [{"name": "gsm8k", "dataset": str(tmp_path / "absent")}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(doc))
+    code, rep = run_ci(CIOptions(recipe=str(tmp_path / "r.yaml"), sets={"eval.run": "after"}, site="none",
+                                 out_dir=str(tmp_path / "out")), {}, say=lambda *_: None)
+    assert code == cr.EXIT_RECIPE and rep["diagnosis"].startswith("eval.tasks.0.dataset:") and "no such directory" in rep["diagnosis"]
+    assert rep.get("job_id") is None

@@ -125,6 +125,7 @@ def run_task(url: str, model: str, spec: EvalTaskSpec, ev: EvalSpec, data: TaskD
         failed = next((f.exception() for f in done if f.exception()), None)
         if failed:
             stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)  # the problems not yet sent are not sent
             raise failed
     out.samples.sort(key=lambda s: s["doc_id"])
     out.seconds = round(time.time() - started, 2)
