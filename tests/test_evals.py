@@ -287,3 +287,25 @@ def test_ci_with_a_missing_dataset_exits_2_naming_the_field_before_submit(tmp_pa
                                  out_dir=str(tmp_path / "out")), {}, say=lambda *_: None)
     assert code == cr.EXIT_RECIPE and rep["diagnosis"].startswith("eval.tasks.0.dataset:") and "no such directory" in rep["diagnosis"]
     assert rep.get("job_id") is None
+
+
+def test_a_fault_the_driver_sees_during_the_eval_stops_it():
+    """The eval runs beside the driver's fault check: a dead worker ends it at once, and the
+    runner is told to send nothing more."""
+    from inferx_slurm.runtime.evals import watched
+
+    calls, seen = [], threading.Event()
+
+    def watch():
+        calls.append(1)
+        if len(calls) >= 2:
+            raise RuntimeError("decode worker 0 exited")
+
+    def work(stop):
+        stop.wait(30)
+        if stop.is_set():
+            seen.set()
+
+    with pytest.raises(RuntimeError, match="decode worker 0 exited"):
+        watched(watch, work)
+    assert seen.wait(5) and len(calls) == 2

@@ -43,7 +43,7 @@ def run_evals(recipe: Recipe, url: str, job_dir: Path, event: Callable[..., None
         except Exception as e:  # the data went away after submit: say so rather than crash
             raise EvalFailed(f"eval data of {spec.name.value}: {e}") from None
         event("eval", task=spec.name.value, problems=len(data.problems), shots=len(data.shots), concurrency=conc)
-        out = _watched(watch, lambda stop: run_task(url, model, spec, ev, data, conc, stop))
+        out = watched(watch, lambda stop: run_task(url, model, spec, ev, data, conc, stop))
         stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.gmtime())
         res, samples = out_dir / f"results_{out.task}_{stamp}.json", out_dir / f"samples_{out.task}_{stamp}.jsonl"
         atomic_write_json(res, lm_eval_doc(out, model=model, url=url, concurrency=conc, max_tokens=ev.max_tokens,
@@ -69,7 +69,7 @@ def _jsonl(doc: dict[str, Any]) -> str:
     return json.dumps(doc) + "\n"
 
 
-def _watched(watch: Callable[[], None], work: Callable[[threading.Event], Any]) -> Any:
+def watched(watch: Callable[[], None], work: Callable[[threading.Event], Any]) -> Any:
     """`work` in a thread while the driver checks its steps; a fault stops the work and is raised."""
     stop = threading.Event()
     box: dict[str, Any] = {}
