@@ -11,6 +11,7 @@ Exit codes, so a workflow can tell failures apart:
 | 4 | engine failure: a worker or the frontend exited, never became ready, stalled, or runs other versions than the recipe pins |
 | 5 | benchmark regression: a metric dropped by more than its threshold against `--baseline` |
 | 6 | benchmark client failure: aiperf crashed, wrote nothing, or no request of a point completed |
+| 7 | accuracy below threshold: an eval task scored under its threshold |
 | 1 | anything else (an internal error) |
 | 130 | cancelled |
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from inferx_slurm.evals.results import failure_line, failures, table_rows
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_RECIPE = 2
@@ -26,6 +29,7 @@ EXIT_INFRA = 3
 EXIT_ENGINE = 4
 EXIT_REGRESSION = 5
 EXIT_BENCHMARK = 6
+EXIT_ACCURACY = 7
 EXIT_CANCELLED = 130
 
 CATEGORY_EXIT = {
@@ -34,6 +38,7 @@ CATEGORY_EXIT = {
     "engine": EXIT_ENGINE,
     "regression": EXIT_REGRESSION,
     "benchmark": EXIT_BENCHMARK,
+    "accuracy": EXIT_ACCURACY,
     "cancelled": EXIT_CANCELLED,
     "internal": EXIT_INTERNAL,
 }
@@ -46,7 +51,7 @@ def classify_fault(kind: Optional[str], message: str) -> str:
     if kind == "exited":
         # The discovery servers are infrastructure; a worker or the frontend is the engine.
         return "infrastructure" if message.startswith("infra ") else "engine"
-    if kind in ("not_ready", "stalled", "engine_fatal"):
+    if kind in ("not_ready", "stalled", "engine_fatal", "eval"):
         return "engine"
     if kind == "client":
         return "benchmark"
@@ -123,6 +128,8 @@ def markdown(rep: dict[str, Any]) -> str:
         out.append("")
         if line := power_line(rows):
             out += [line, ""]
+    if rep.get("eval"):
+        out += eval_markdown(rep["eval"])
     if rep.get("checks"):
         out += [f"### Baseline gate (against `{rep.get('baseline')}`)", "",
                 "| ISL | OSL | conc | metric | baseline | this run | change | allowed | verdict |", "|---:|---:|---:|---|---:|---:|---:|---:|---|"]
@@ -145,6 +152,14 @@ def markdown(rep: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def eval_markdown(block: dict[str, Any]) -> list[str]:
+    rows = table_rows(block)
+    head = (f"### Accuracy ({'passed' if block.get('passed') else 'BELOW THRESHOLD'}; concurrency {block.get('concurrency')}, "
+            f"{block.get('seconds')} s on the deployment's engines)")
+    return [head, "", "| " + " | ".join(rows[0]) + " |", "|---|" + "---:|" * (len(rows[0]) - 3) + "---|---:|"] + [
+        "| " + " | ".join(r[:-2] + ["**FAIL**" if r[-2] == "FAIL" else r[-2], r[-1]]) + " |" for r in rows[1:]] + [""]
+
+
 def outputs(rep: dict[str, Any]) -> dict[str, str]:
     """Step outputs ($GITHUB_OUTPUT): later steps read these instead of parsing logs."""
     best = max((float(r["tput_per_gpu"]) for r in rep.get("rows") or [] if r.get("tput_per_gpu") is not None), default=None)
@@ -156,6 +171,7 @@ def outputs(rep: dict[str, Any]) -> dict[str, str]:
         "category": rep.get("category") or "",
         "exit_code": str(rep["exit_code"]),
         "archive": str(rep.get("archive") or ""),
+        "eval_passed": "" if not rep.get("eval") else str(bool(rep["eval"].get("passed"))).lower(),
     }
 
 
@@ -166,6 +182,8 @@ def _escape(text: str) -> str:
 
 def workflow_commands(rep: dict[str, Any]) -> list[str]:
     lines = [f"::warning title=inferx-slurm::{_escape(w)}" for w in rep.get("warnings") or []]
+    if rep["exit_code"] == EXIT_ACCURACY:
+        return lines + [f"::error title=inferx-slurm accuracy (exit {EXIT_ACCURACY})::{_escape(failure_line(t))}" for t in failures(rep.get("eval"))]
     if rep["exit_code"] != EXIT_OK:
         first = (rep.get("diagnosis") or rep.get("category") or "failed").strip()
         lines.append(f"::error title=inferx-slurm {rep.get('category')} (exit {rep['exit_code']})::{_escape(first)}")

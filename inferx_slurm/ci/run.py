@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from inferx_slurm.ci import inferencex as ix
+from inferx_slurm.ci import evals as ci_evals
 from inferx_slurm.ci import report as cr
 from inferx_slurm.results import labels as lb
 from inferx_slurm.results import provenance
@@ -19,6 +20,7 @@ from inferx_slurm.results.baseline import DEFAULT_THRESHOLDS, gate, load_rows
 from inferx_slurm.ci.env import CIEnv, check_against_recipe, check_image_runtime, from_environ
 from inferx_slurm.errors import InferxError, RecipeError
 from inferx_slurm.fsutil import atomic_write_json, read_json
+from inferx_slurm.recipe.evals import require_eval_section
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.topology import Topology
 
@@ -47,6 +49,7 @@ def _prepare(opts: CIOptions, env: CIEnv) -> Recipe:
     recipe = Recipe.load(opts.recipe, site=opts.site)
     sets = {**env.sets, **opts.sets}  # --set wins over the environment
     check_image_runtime(sets, recipe.container.runtime.value)
+    require_eval_section(recipe.eval, sets)
     recipe = recipe.with_overrides(sets) if sets else recipe
     check_against_recipe(env, recipe)
     if len(expand(recipe)) > 1:
@@ -178,6 +181,7 @@ def _gather(rep: dict[str, Any], results_dir: Path, recipe: Recipe, env: CIEnv, 
 
     if rep["exit_code"] in (cr.EXIT_OK, cr.EXIT_BENCHMARK) and rows:
         files += _write_results(rows, recipe, env, plan, out_dir, rep.get("job_id"), results_dir)
+    files += ci_evals.gather(rep, summary, recipe, result_labels(recipe, env), int(plan.get("total_nodes") or 1), out_dir)
 
     rep["provenance_doc"] = prov
     if opts.baseline and rep["exit_code"] == cr.EXIT_OK:

@@ -17,12 +17,18 @@ from inferx_slurm.sweeps.expand import expand
 from inferx_slurm.sweeps.state import MANIFEST, done_points, format_progress, progress
 from inferx_slurm.sweeps.state import rows as sweep_rows
 from inferx_slurm.sweeps.submit import fit_deployments, plan_sweep, submit_sweep, sweep_mode
-from inferx_slurm.commands.argtypes import add_site_arg
+from inferx_slurm.commands.argtypes import add_eval_args, add_site_arg, eval_sets
+from inferx_slurm.evals.results import failure_line, failures
+from inferx_slurm.evals.results import format_table as eval_table
+from inferx_slurm.recipe.evals import require_eval_section
 from inferx_slurm.commands.remote import add_remote_args, remote_from_args
 
 
 def run(args: argparse.Namespace) -> int:
     recipe = Recipe.load(args.recipe, site=args.site)
+    if sets := eval_sets(args):
+        require_eval_section(recipe.eval, sets)
+        recipe = recipe.with_overrides(sets)
     mode = "packed" if args.pack else args.mode
     if recipe.sweep is not None or mode or args.resume:
         return _run_sweep(args, recipe, mode)
@@ -149,6 +155,11 @@ def _wait_all(handles: list) -> int:
                 summary = h.wait(on_status=lambda st, h=h: print(f"job {h.job_id}: {st.get('phase')} ({st.get('slurm_state')})", flush=True))
                 print(format_table(summary["rows"]))
                 print(served_line(summary))
+                if summary.get("eval"):
+                    print(eval_table(summary["eval"]))
+                for t in failures(summary.get("eval")):
+                    print(failure_line(t), file=sys.stderr)
+                    rc = 1
                 print(f"results: {h.results_dir}/summary.json")
             except RunError as e:
                 print(f"job {h.job_id} FAILED:\n{e}", file=sys.stderr, flush=True)
@@ -175,6 +186,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["array", "jobs", "packed"], help="how a sweep goes to Slurm (default: the recipe's sweep.mode)")
     p.add_argument("--pack", action="store_true", help="same as --mode packed: deployments one after another in one allocation")
     add_site_arg(p)
+    add_eval_args(p)
     p.add_argument("--resume", metavar="ROOT", help="a sweep's results root: run only the points not complete there")
     add_remote_args(p)
     p.set_defaults(func=run)

@@ -245,15 +245,17 @@ def submit_many(
     from inferx_slurm.runtime.driver import run_job
 
     from inferx_slurm.job.interpreter import check_interpreter
+    from inferx_slurm.sharedfs.eval_data import check_eval_data, stage_eval_for
 
     env = env or {}
     for recipe, _ in deployments:
         check_feasible(recipe, force=force)
         check_interpreter(recipe)
+        check_eval_data(recipe)
     require_sbatch(env)
     prepared = []
     for i, (recipe, results_dir) in enumerate(deployments):
-        recipe = stage_model_for(recipe)
+        recipe = stage_eval_for(stage_model_for(recipe))
         engine = stage_model_for(engines[i]) if engines else None
         results_dir, plan, _ = prepare(recipe, results_dir, engine)
         import_image_for(recipe, results_dir)

@@ -21,7 +21,7 @@ from inferx_slurm.planning.ports import PortVar, ports_file
 from inferx_slurm.recipe.sections import Discovery
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.job.render import RenderedJob, srun_argv
-from inferx_slurm.runtime import fabric, metrics, node_cache_serve, nodes, readiness
+from inferx_slurm.runtime import evals, fabric, metrics, node_cache_serve, nodes, readiness
 from inferx_slurm.runtime.accounting import served_requests
 from inferx_slurm.runtime.energy import point_power
 from inferx_slurm.runtime.fatal_lines import FatalLineWatch
@@ -48,6 +48,7 @@ class Driver:
         self.hosts: list[str] = []
         self.events: list[dict[str, Any]] = []
         self.rows: list[dict[str, Any]] = []
+        self.eval: Optional[dict[str, Any]] = None
         self.t0 = time.time()
         self._last_node_check = 0.0
         self.node_watch: Optional[NodeWatch] = None
@@ -77,7 +78,7 @@ class Driver:
             self.dir / "summary.json",
             {"name": self.recipe.name, "topology": self.plan.topology, "partial": partial,
              "total_gpus": self.plan.total_gpus, "rows": self.rows,
-             "served": served_requests(self.dir / "logs", leaders)},
+             "served": served_requests(self.dir / "logs", leaders), **({"eval": self.eval} if self.eval else {})},
         )
 
     # --- the run -------------------------------------------------------------------------------
@@ -114,8 +115,16 @@ class Driver:
         self.status("ready", engine_dir=str(self.engine_dir))
 
     def measure(self) -> None:
-        self.status("benchmarking")
-        self._benchmark()
+        if evals.benchmark_wanted(self.recipe):
+            self.status("benchmarking")
+            self._benchmark()
+        if evals.wanted(self.recipe):
+            self.status("evaluating")
+            try:
+                self.eval = evals.run_evals(self.recipe, self.base_url, self.dir, self.event, self._watch)
+            except evals.EvalFailed as e:
+                raise FaultRaised(Fault("eval", None, str(e))) from None
+            self.write_summary(partial=True)
 
     def teardown(self) -> None:
         t0 = time.time()
