@@ -4,6 +4,7 @@ judges the records, and the probe itself moving real bytes over NIXL/UCX between
 from __future__ import annotations
 
 import json
+import socket
 import os
 import subprocess
 import time
@@ -142,12 +143,14 @@ needs_nixl = pytest.mark.skipif(not VLLM_PY.exists(), reason=f"no engine environ
 def probes(tmp_path: Path, tls: str, port: int | None = None, timeout: float = 20, with_target: bool = True):
     env = {**os.environ, "UCX_TLS": tls}
     ports_file, trec, irec = tmp_path / "t.env", tmp_path / "target.json", tmp_path / "initiator.json"
+    # Without a target, the port stays bound here but never listens: connections to it are
+    # refused, and no other program on the machine can start listening on it meanwhile.
+    held = socket.socket()
     if port is None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+    if with_target:
+        held.close()
     ports_file.write_text(f"export INFERX_FABRIC_PORT={port}\n")
     common = ["--size", "4096", "--timeout", str(timeout)]
     t0 = time.time()
@@ -156,6 +159,7 @@ def probes(tmp_path: Path, tls: str, port: int | None = None, timeout: float = 2
     init = subprocess.run([str(VLLM_PY), str(PROBE), "initiator", "--node", "0", "--record", str(irec), *common,
                            "--target", "1", "127.0.0.1", str(ports_file), str(trec)], env=env, capture_output=True, text=True, timeout=120)
     elapsed = time.time() - t0
+    held.close()
     if target:
         target.wait(timeout=60)
     recs = {(Side.initiator, 0): SideRecord.model_validate_json(irec.read_text())}
