@@ -11,6 +11,7 @@ Exit codes, so a workflow can tell failures apart:
 | 4 | engine failure: a worker or the frontend exited, never became ready, stalled, or runs other versions than the recipe pins |
 | 5 | benchmark regression: a metric dropped by more than its threshold against `--baseline` |
 | 6 | benchmark client failure: aiperf crashed, wrote nothing, or no request of a point completed |
+| 7 | invalid result: the run finished, but some point is no result (its KV transfer failed or decode recomputed the prompts, too many requests failed, no or short outputs); no result file is written for it |
 | 1 | anything else (an internal error) |
 | 130 | cancelled |
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from inferx_slurm.results import kv_capacity, validity
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_RECIPE = 2
@@ -26,6 +29,7 @@ EXIT_INFRA = 3
 EXIT_ENGINE = 4
 EXIT_REGRESSION = 5
 EXIT_BENCHMARK = 6
+EXIT_INVALID = validity.EXIT_INVALID
 EXIT_CANCELLED = 130
 
 CATEGORY_EXIT = {
@@ -34,6 +38,7 @@ CATEGORY_EXIT = {
     "engine": EXIT_ENGINE,
     "regression": EXIT_REGRESSION,
     "benchmark": EXIT_BENCHMARK,
+    "invalid": EXIT_INVALID,
     "cancelled": EXIT_CANCELLED,
     "internal": EXIT_INTERNAL,
 }
@@ -83,6 +88,23 @@ def flagged_points(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _transfers(row: dict[str, Any]) -> str:
+    status = row.get("kv_transfer")
+    if status in (None, validity.KVStatus.not_applicable.value):
+        return "-"
+    if row.get("kv_transfers") is None:
+        return str(status)
+    return f"{status}: {row['kv_transfers']} ok, {row.get('kv_transfer_failures') or 0} failed"
+
+
+def invalid_points(rows: list[dict[str, Any]]) -> list[str]:
+    return [validity.invalid_line(r) for r in validity.invalid_rows(rows)]
+
+
+def capacity_warnings(caps: list[dict[str, Any]]) -> list[str]:
+    return kv_capacity.warnings(caps)
+
+
 def power_line(rows: list[dict[str, Any]]) -> str:
     """One line on energy: how it was measured, or why it is not valid."""
     bad = sorted({why for r in rows if not r.get("power_valid") for why in r.get("power_invalid_reasons") or ["no data"]})
@@ -113,16 +135,29 @@ def markdown(rep: dict[str, Any]) -> str:
     if rows:
         out += ["### Results" + (" (partial)" if rep.get("partial") else ""), "",
                 "| ISL | OSL | conc | tok/s/GPU | out tok/s/GPU | in tok/s/GPU | median TTFT ms | p99 TTFT ms | median TPOT ms | "
-                "tok/s/user | p99 E2EL ms | J/out tok | done | failed |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "tok/s/user | p99 E2EL ms | J/out tok | done | failed | valid | KV transfers |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
         for r in rows:
+            if r.get("valid") is False:  # no throughput or latency: they are not results
+                out.append(f"| {r['isl']} | {r['osl']} | {r['concurrency']} |" + " - |" * 9
+                           + f" {r.get('completed', '-')} | {r.get('failed', '-')} | **INVALID** | {_transfers(r)} |")
+                continue
             out.append(f"| {r['isl']} | {r['osl']} | {r['concurrency']} | {_fmt(r.get('tput_per_gpu'))} | {_fmt(r.get('output_tput_per_gpu'))} | "
                        f"{_fmt(r.get('input_tput_per_gpu'))} | {_fmt(r.get('median_ttft_ms'))} | {_fmt(r.get('p99_ttft_ms'))} | "
                        f"{_fmt(r.get('median_tpot_ms'), '.2f')} | {_fmt(r.get('intvty'))} | {_fmt(r.get('p99_e2el_ms'))} | "
-                       f"{_fmt(r.get('joules_per_output_token'), '.4g')} | {r.get('completed', '-')} | {r.get('failed', '-')} |")
+                       f"{_fmt(r.get('joules_per_output_token'), '.4g')} | {r.get('completed', '-')} | {r.get('failed', '-')} | "
+                       f"{'yes' if r.get('valid') else '-'} | {_transfers(r)} |")
         out.append("")
+        out += [f"- {validity.invalid_line(r)}" for r in validity.invalid_rows(rows)]
+        out += [f"- {line}" for r in rows if (line := validity.transfer_line(r))] + [""]
         if line := power_line(rows):
             out += [line, ""]
+    if rep.get("kv_capacity"):
+        out += ["### KV cache capacity (tokens per DP rank)", "", "| worker | engine | source | plan | difference |", "|---|---:|---|---:|---:|"]
+        for c in rep["kv_capacity"]:
+            out.append(f"| {c['worker']} | {_fmt(c.get('engine_tokens'), ',.0f')} | {c.get('source') or '-'} | "
+                       f"{_fmt(c.get('planned_tokens'), ',.0f')} | {_fmt(c.get('difference_pct'), '+.1f')}{'%' if c.get('difference_pct') is not None else ''} |")
+        out.append("")
     if rep.get("checks"):
         out += [f"### Baseline gate (against `{rep.get('baseline')}`)", "",
                 "| ISL | OSL | conc | metric | baseline | this run | change | allowed | verdict |", "|---:|---:|---:|---|---:|---:|---:|---:|---|"]
@@ -147,7 +182,8 @@ def markdown(rep: dict[str, Any]) -> str:
 
 def outputs(rep: dict[str, Any]) -> dict[str, str]:
     """Step outputs ($GITHUB_OUTPUT): later steps read these instead of parsing logs."""
-    best = max((float(r["tput_per_gpu"]) for r in rep.get("rows") or [] if r.get("tput_per_gpu") is not None), default=None)
+    best = max((float(r["tput_per_gpu"]) for r in rep.get("rows") or [] if r.get("tput_per_gpu") is not None and r.get("valid") is not False),
+               default=None)
     return {
         "job_id": str(rep.get("job_id") or ""),
         "results_dir": str(rep.get("results_dir") or ""),
