@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from inferx_slurm import RunError, submit
+from inferx_slurm.errors import RecipeError
+from inferx_slurm.job.submit import check_feasible
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.runtime.ports import read_ports
 
@@ -104,18 +106,39 @@ def test_disaggregated_1p1d_moves_kv_from_prefill_to_decode(cluster, tmp_path):
 
 def test_decode_without_kv_connector_is_invalid_not_a_result(cluster, tmp_path):
     """The silent failure: decode started without --kv-transfer-config serves every request,
-    recomputing each prompt. Through `ci`, as a workflow runs it: the point is INVALID, the
+    recomputing each prompt. A recipe that leaves it out is refused before submit (prefill and
+    decode connector settings differ); here the connector goes missing where no recipe check
+    can see it, between the rendered command and the engine, as a site's wrapper or an image's
+    entry point could drop it. Through `ci`, as a workflow runs it: the point is INVALID, the
     run exits 7 with an error annotation, and no result file carries its throughput."""
     from test_ci import actions_env, outputs
 
-    # No GPU memory for the plan to use: the planner's 1.7M tokens against the engine's 524,288.
-    recipe = variant(tmp_path, {"engine.decode.args.kv-transfer-config": None, "slurm.gpu_memory_gb": 4})
+    dropped = Recipe.load(DISAGG).with_overrides({"engine.decode.args.kv-transfer-config": None})
+    with pytest.raises(RecipeError, match="both ends of the transfer need the same connector settings"):
+        check_feasible(dropped)
+    wrapper = tmp_path / "python-without-decode-connector"
+    wrapper.write_text(f"""#!/bin/bash
+# The engine's interpreter, with --kv-transfer-config dropped from a decode worker's command line.
+decode=0; for a in "$@"; do [ "$a" = decode ] && decode=1; done
+args=(); skip=0
+for a in "$@"; do
+  if [ $skip = 1 ]; then skip=0; continue; fi
+  if [ $decode = 1 ] && [ "$a" = --kv-transfer-config ]; then skip=1; continue; fi
+  args+=("$a")
+done
+exec {VLLM_PY} "${{args[@]}}"
+""")
+    wrapper.chmod(0o755)
+    # A plan for a 4 GB GPU: 1.7M tokens predicted against the engine's 524,288.
+    recipe = variant(tmp_path, {"engine.python": str(wrapper), "slurm.gpu_memory_gb": 4})
     env = actions_env(tmp_path)
     out = subprocess.run([sys.executable, "-m", "inferx_slurm", "ci", str(recipe), "--results-dir", str(tmp_path / "run")],
                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=tmp_path, env={**os.environ, **env})
     assert out.returncode == 7, out.stdout[-4000:] + out.stderr[-4000:]
     d = tmp_path / "run"
-    assert "--kv-transfer-config" not in (d / "scripts" / "decode-0.sh").read_text()
+    assert "--kv-transfer-config" in (d / "scripts" / "decode-0.sh").read_text()
+    # The engine says it got none: one warning per request it then recomputed.
+    assert "Got kv_transfer_params, but no KVConnector found" in (d / "logs" / "decode-0.n0.log").read_text(errors="replace")
     summary = json.loads((d / "summary.json").read_text())
     (row,) = summary["rows"]
     # Every request succeeded: nothing but the engine's counters tells this run from a good one.

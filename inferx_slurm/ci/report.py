@@ -152,9 +152,11 @@ def markdown(rep: dict[str, Any]) -> str:
         out += [f"- {line}" for r in rows if (line := validity.transfer_line(r))] + [""]
         if line := power_line(rows):
             out += [line, ""]
-    if rep.get("kv_capacity"):
+    # Workers whose engine reports no capacity and that no plan covers (the mock engine) have nothing to show.
+    caps = [c for c in rep.get("kv_capacity") or [] if c.get("engine_tokens") is not None or c.get("planned_tokens") is not None]
+    if caps:
         out += ["### KV cache capacity (tokens per DP rank)", "", "| worker | engine | source | plan | difference |", "|---|---:|---|---:|---:|"]
-        for c in rep["kv_capacity"]:
+        for c in caps:
             out.append(f"| {c['worker']} | {_fmt(c.get('engine_tokens'), ',.0f')} | {c.get('source') or '-'} | "
                        f"{_fmt(c.get('planned_tokens'), ',.0f')} | {_fmt(c.get('difference_pct'), '+.1f')}{'%' if c.get('difference_pct') is not None else ''} |")
         out.append("")
