@@ -161,7 +161,8 @@ exec {VLLM_PY} "${{args[@]}}"
     assert "::warning title=inferx-slurm::decode-0: the engine's KV cache holds 524,288 tokens" in out.stdout
     shown = subprocess.run([sys.executable, "-m", "inferx_slurm", "results", str(d)], capture_output=True, text=True, cwd=REPO)
     table = shown.stdout.splitlines()[1:3]
-    assert table[0].split()[5] == "tok/s" and table[1].split()[5] == "-" and table[1].split()[-1] == "INVALID", table
+    # ISL, OSL, conc, P gpu, D gpu shown; no throughput or latency; done 8, failed 0
+    assert table[0].split()[-1] == "valid" and table[1].split() == ["300", "16", "2", "1", "1"] + ["-"] * 8 + ["8", "0", "INVALID"], table
 
 
 def test_engine_own_server_with_ngram_speculation(cluster, tmp_path):

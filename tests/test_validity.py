@@ -186,3 +186,16 @@ def test_validity_limits_are_checked_naming_the_field():
     with pytest.raises(RecipeError) as e:
         r.with_overrides({"benchmark.validity.max_error_rate": 2})
     assert "benchmark.validity.max_error_rate" in str(e.value)
+
+
+def test_the_point_probe_judges_what_moved_between_its_two_scrapes():
+    texts = iter(["vllm:prompt_tokens_total 0.0\n", (DATA / "vllm_decode_metrics_nixl.txt").read_text()])
+    disagg = Recipe.load(LOCAL_RECIPES / "vllm-1p1d.yaml")
+    probe = kv_probe.PointProbe(disagg, lambda: ["decode-0"], scrape=lambda url: next(texts))
+    probe.start()
+    v = probe.judge(row(), osl=16, ignore_eos=True)
+    assert v.valid and v.kv.transfers == 10 and v.kv.prompt_external == 3152
+    # a decode that did not answer before the point: nothing to subtract from, so not measured
+    gone = kv_probe.PointProbe(disagg, lambda: ["decode-0"], scrape=lambda url: None)
+    gone.start()
+    assert gone.judge(row(), osl=16, ignore_eos=True).kv_transfer is KVStatus.not_measured
