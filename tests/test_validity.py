@@ -158,6 +158,8 @@ def test_the_table_marks_an_invalid_point_and_shows_no_throughput_for_it():
     assert invalid_rows([invalid_row(), good]) == [invalid_row()]
     shown = validity_lines({"rows": [invalid_row(), good]})
     assert shown[0].startswith("ISL 300 OSL 16 conc 2: INVALID (decode computed 1261 of 1261 prompt tokens itself")
+    assert shown[1] == ("ISL 300 OSL 16 conc 2: KV transfer failed: no transfer counters on decode; decode prompt tokens 0 "
+                        "received, 1,261 computed locally")
     assert "ISL 300 OSL 16 conc 4: KV transfer verified: 9 transfers, 0 failed, 7,077,888 bytes" in shown[2]
     # a comparison has no number for an invalid point
     assert compare({"rows": [row()]}, {"rows": [invalid_row()]}).splitlines()[1].split()[3:] == ["invalid"] * 5

@@ -175,6 +175,7 @@ def transfer_line(row: dict[str, Any]) -> Optional[str]:
         v = row.get(key)
         return "-" if v is None else f"{v:,}"
 
-    return (f"{point_name(row)}: KV transfer {status}: {n('kv_transfers')} transfers, {n('kv_transfer_failures')} failed, "
-            f"{n('kv_bytes_transferred')} bytes; decode prompt tokens {n('decode_prompt_tokens_external')} received, "
-            f"{n('decode_prompt_tokens_local')} computed locally")
+    moved = ("no transfer counters on decode" if row.get("kv_transfers") is None else
+             f"{n('kv_transfers')} transfers, {n('kv_transfer_failures')} failed, {n('kv_bytes_transferred')} bytes")
+    return (f"{point_name(row)}: KV transfer {status}: {moved}; decode prompt tokens {n('decode_prompt_tokens_external')} "
+            f"received, {n('decode_prompt_tokens_local')} computed locally")
