@@ -84,15 +84,15 @@ def test_eval_after_the_benchmark_on_the_same_engine_passes_threshold_zero(clust
 
 def test_eval_only_below_threshold_fails_with_the_accuracy_exit(cluster, tmp_path):
     p = ci(recipe_with_eval(tmp_path, 0.5), tmp_path / "fail", "--eval-only")
-    assert p.returncode == 7, p.stdout[-4000:] + p.stderr[-4000:]
+    assert p.returncode == 8, p.stdout[-4000:] + p.stderr[-4000:]
     summary = json.loads((tmp_path / "fail" / "run" / "summary.json").read_text())
     assert summary["rows"] == []  # eval only: no benchmark point
     (t,) = summary["eval"]["tasks"]
     assert t["passed"] is False and t["score"] < 0.5
-    assert f"::error title=inferx-slurm accuracy (exit 7)::accuracy: gsm8k scored {t['score']:.4f}" in p.stdout
+    assert f"::error title=inferx-slurm accuracy (exit 8)::accuracy: gsm8k scored {t['score']:.4f}" in p.stdout
     assert "below its threshold 0.50" in p.stdout
     md = (tmp_path / "fail" / "summary.md").read_text()
-    assert "FAILED: accuracy (exit 7)" in md and "**FAIL**" in md
+    assert "FAILED: accuracy (exit 8)" in md and "**FAIL**" in md
     print(p.stdout[-3000:])
     print(md)
 

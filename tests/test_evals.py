@@ -232,16 +232,16 @@ def test_ci_report_for_accuracy_below_threshold(tmp_path):
     recipe = Recipe.from_dict(base_recipe(tasks=[{"name": "gsm8k", "dataset": "/d"}]))
     rep = {"name": "ev", "exit_code": cr.EXIT_OK, "category": None, "warnings": []}
     files = ci_evals.gather(rep, {"eval": block(0.125, 0.5)}, recipe, result_labels(recipe, CIEnv()), 1, tmp_path)
-    assert rep["exit_code"] == cr.EXIT_ACCURACY == 7 and rep["category"] == "accuracy"
+    assert rep["exit_code"] == cr.EXIT_ACCURACY == 8 and rep["category"] == "accuracy"
     assert rep["diagnosis"] == "accuracy: gsm8k scored 0.1250 (flexible 0.1250) on 8 problems, below its threshold 0.50"
     meta = json.loads((tmp_path / "meta_env.json").read_text())
     assert files == [str(tmp_path / "meta_env.json")] and meta["conc"] == 2 and meta["eval_concs"] == [2]
     assert meta["tp"] == 1 and meta["is_multinode"] is False and meta["isl"] == "1024" and meta["framework"] == "vllm"
     out, summary = io.StringIO(), tmp_path / "summary.md"
     publish(rep, {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)}, stdout=out)
-    assert "::error title=inferx-slurm accuracy (exit 7)::accuracy: gsm8k scored 0.1250" in out.getvalue()
+    assert "::error title=inferx-slurm accuracy (exit 8)::accuracy: gsm8k scored 0.1250" in out.getvalue()
     md = summary.read_text()
-    assert "FAILED: accuracy (exit 7)" in md and "### Accuracy (BELOW THRESHOLD" in md and "| gsm8k | 0.1250 |" in md and "**FAIL**" in md
+    assert "FAILED: accuracy (exit 8)" in md and "### Accuracy (BELOW THRESHOLD" in md and "| gsm8k | 0.1250 |" in md and "**FAIL**" in md
     # A passing eval leaves the exit code alone.
     rep = {"name": "ev", "exit_code": cr.EXIT_OK, "category": None, "warnings": []}
     ci_evals.gather(rep, {"eval": block(0.125, 0.0)}, recipe, result_labels(recipe, CIEnv()), 1, tmp_path)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from inferx_slurm import RunError, submit
+from inferx_slurm.errors import RecipeError
+from inferx_slurm.job.submit import check_feasible
 from inferx_slurm.planning.fabric import TRANSFER_BYTES, SideRecord
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.runtime.ports import read_ports
@@ -32,6 +34,12 @@ AGG = REPO / "recipes" / "agg" / "local" / "vllm-1a.yaml"
 TRANSFERS = re.compile(r"KV Transfer metrics: Num successful transfers=(\d+),.*Num failed transfers=(\d+)")
 # Two engines loading on two shared cores: one to two minutes each, more on a busy machine.
 RUN_TIMEOUT_S = 900
+# One KV block of the tiny Llama: 128 tokens x 2 layers x K,V x 2 KV heads x 64 x 4 bytes.
+KV_BLOCK_BYTES = 128 * 2 * 2 * 2 * 64 * 4
+# On CPU the KV cache is VLLM_CPU_KVCACHE_SPACE (1 GiB = 524,288 tokens of this model), not a
+# share of GPU memory. A 1.25 GB "GPU" at vLLM's default 0.9 leaves the memory planner about
+# the same 1 GiB once weights and activations are counted, so plan and engine can be compared.
+PLANNED_GPU_GB = 1.25
 
 if not VLLM_PY.exists():
     pytestmark.append(pytest.mark.skip(reason=f"no engine environment at {VLLM_PY}: bash setup_scripts/install_engines.sh"))
@@ -50,8 +58,15 @@ def transfers(log: Path) -> tuple[int, int]:
     return ok, failed
 
 
+def variant(tmp_path: Path, sets: dict) -> Path:
+    """The 1P1D recipe with `sets` applied, as a recipe file."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(Recipe.load(DISAGG).with_overrides(sets).to_yaml())
+    return path
+
+
 def test_disaggregated_1p1d_moves_kv_from_prefill_to_decode(cluster, tmp_path):
-    out = launch_wait(DISAGG, tmp_path / "run")
+    out = launch_wait(variant(tmp_path, {"slurm.gpu_memory_gb": PLANNED_GPU_GB}), tmp_path / "run")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     d = tmp_path / "run"
     summary = json.loads((d / "summary.json").read_text())
@@ -59,6 +74,23 @@ def test_disaggregated_1p1d_moves_kv_from_prefill_to_decode(cluster, tmp_path):
     assert summary["partial"] is False
     assert row["completed"] == 8 and row["failed"] == 0
     assert row["output_throughput"] > 0 and row["num_prefill_gpu"] == 1 and row["num_decode_gpu"] == 1
+    # The point's proof, from the decode engine's own counters over the point (warm-up
+    # included): every request's prompt KV arrived over NIXL, in whole blocks, none failed,
+    # and decode computed no prompt token itself.
+    assert row["valid"] is True and row["kv_transfer"] == "verified", row
+    assert row["kv_transfers"] >= row["completed"] and row["kv_transfer_failures"] == 0, row
+    assert row["kv_bytes_transferred"] > 0 and row["kv_bytes_transferred"] % KV_BLOCK_BYTES == 0, row
+    assert row["decode_prompt_tokens_local"] == 0 and row["decode_prompt_tokens_external"] >= 300 * row["completed"], row
+    assert row["kv_external_prefix_hits"] == row["decode_prompt_tokens_external"], row
+    # Each worker's KV cache as vLLM sized it, from its metrics, beside the memory plan's.
+    caps = {c["worker"]: c for c in summary["kv_capacity"]}
+    assert set(caps) == {"prefill-0", "decode-0"}
+    for c in caps.values():
+        assert c["engine_tokens"] == 524288 and c["source"] == "metrics", c
+        assert c["planned_tokens"] and abs(c["difference_pct"]) < 20, c
+    assert "kv capacity warning" not in [e["event"] for e in json.loads((d / "status.json").read_text())["events"]]
+    shown = subprocess.run([sys.executable, "-m", "inferx_slurm", "results", str(d)], capture_output=True, text=True, cwd=REPO)
+    assert "KV transfer verified" in shown.stdout and "KV capacity decode-0: engine 524,288 tokens (metrics)" in shown.stdout
     # Every request went through both workers (their own logs say so), warm-up included.
     served = summary["served"]
     assert served["per_worker"] == {"prefill-0": 9, "decode-0": 9} and served["through_prefill_and_decode"] == 9, served
@@ -142,6 +174,67 @@ def test_a_side_channel_port_taken_after_the_check_fails_the_run_before_any_poin
     print(f"side-channel collision: failed {failed - started:.1f} s after the engines started")
     # Well before the start-up time-out the run would otherwise wait out.
     assert failed - started < r.engine.startup_timeout_s - 60, (started, failed)
+
+
+def test_decode_without_kv_connector_is_invalid_not_a_result(cluster, tmp_path):
+    """The silent failure: decode started without --kv-transfer-config serves every request,
+    recomputing each prompt. A recipe that leaves it out is refused before submit (prefill and
+    decode connector settings differ); here the connector goes missing where no recipe check
+    can see it, between the rendered command and the engine, as a site's wrapper or an image's
+    entry point could drop it. Through `ci`, as a workflow runs it: the point is INVALID, the
+    run exits 7 with an error annotation, and no result file carries its throughput."""
+    from test_ci import actions_env, outputs
+
+    dropped = Recipe.load(DISAGG).with_overrides({"engine.decode.args.kv-transfer-config": None})
+    with pytest.raises(RecipeError, match="both ends of the transfer need the same connector settings"):
+        check_feasible(dropped)
+    wrapper = tmp_path / "python-without-decode-connector"
+    wrapper.write_text(f"""#!/bin/bash
+# The engine's interpreter, with --kv-transfer-config dropped from a decode worker's command line.
+decode=0; for a in "$@"; do [ "$a" = decode ] && decode=1; done
+args=(); skip=0
+for a in "$@"; do
+  if [ $skip = 1 ]; then skip=0; continue; fi
+  if [ $decode = 1 ] && [ "$a" = --kv-transfer-config ]; then skip=1; continue; fi
+  args+=("$a")
+done
+exec {VLLM_PY} "${{args[@]}}"
+""")
+    wrapper.chmod(0o755)
+    # A plan for a 4 GB GPU: 1.7M tokens predicted against the engine's 524,288.
+    recipe = variant(tmp_path, {"engine.python": str(wrapper), "slurm.gpu_memory_gb": 4})
+    env = actions_env(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "inferx_slurm", "ci", str(recipe), "--results-dir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=tmp_path, env={**os.environ, **env})
+    assert out.returncode == 7, out.stdout[-4000:] + out.stderr[-4000:]
+    d = tmp_path / "run"
+    assert "--kv-transfer-config" in (d / "scripts" / "decode-0.sh").read_text()
+    # The engine says it got none: one warning per request it then recomputed.
+    assert "Got kv_transfer_params, but no KVConnector found" in (d / "logs" / "decode-0.n0.log").read_text(errors="replace")
+    summary = json.loads((d / "summary.json").read_text())
+    (row,) = summary["rows"]
+    # Every request succeeded: nothing but the engine's counters tells this run from a good one.
+    assert row["completed"] == 8 and row["failed"] == 0 and summary["partial"] is False
+    assert row["valid"] is False and "decode recomputed the prompts" in row["invalid_reasons"], row
+    assert row["kv_transfer"] == "failed" and not row["kv_transfers"] and not row["decode_prompt_tokens_external"], row
+    assert row["decode_prompt_tokens_local"] >= 300 * row["completed"], row
+    assert summary["invalid_points"] == 1
+    assert json.loads((d / "status.json").read_text())["invalid_points"] == [
+        f"ISL 300 OSL 16 conc 2: INVALID ({'; '.join(row['invalid_why'])})"]
+    assert "::error title=inferx-slurm invalid (exit 7)::ISL 300 OSL 16 conc 2: INVALID (decode computed" in out.stdout
+    step = (tmp_path / "summary.md").read_text()
+    assert "FAILED: invalid (exit 7)" in step and "| 300 | 16 | 2 |" + " - |" * 9 in step and "**INVALID**" in step
+    o = outputs(tmp_path / "output.txt")
+    assert o["exit_code"] == "7" and o["category"] == "invalid" and o["best_tput_per_gpu"] == ""
+    assert not list((tmp_path / "ws").glob("*_isl_300_osl_16_conc2*.json")) and not list(tmp_path.glob("*conc2*.json"))
+    # The engine's KV capacity against a plan for a 4 GB GPU: far apart, and said so.
+    caps = {c["worker"]: c for c in summary["kv_capacity"]}
+    assert caps["decode-0"]["engine_tokens"] == 524288 and caps["decode-0"]["difference_pct"] < -20
+    assert "::warning title=inferx-slurm::decode-0: the engine's KV cache holds 524,288 tokens" in out.stdout
+    shown = subprocess.run([sys.executable, "-m", "inferx_slurm", "results", str(d)], capture_output=True, text=True, cwd=REPO)
+    table = shown.stdout.splitlines()[1:3]
+    # ISL, OSL, conc, P gpu, D gpu shown; no throughput or latency; done 8, failed 0
+    assert table[0].split()[-1] == "valid" and table[1].split() == ["300", "16", "2", "1", "1"] + ["-"] * 8 + ["8", "0", "INVALID"], table
 
 
 def test_engine_own_server_with_ngram_speculation(cluster, tmp_path):

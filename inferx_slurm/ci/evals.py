@@ -32,7 +32,7 @@ def meta_env(block: dict[str, Any], recipe: Recipe, labels: ix.ResultLabels, tot
 
 def gather(rep: dict[str, Any], summary: dict[str, Any], recipe: Recipe, labels: ix.ResultLabels, total_nodes: int,
            out_dir: Path) -> list[str]:
-    """Put the eval's verdict in the report (exit 7 when a task is below its threshold) and its
+    """Put the eval's verdict in the report (exit 8 when a task is below its threshold) and its
     files in out_dir; the files written."""
     block = summary.get("eval")
     if not block:

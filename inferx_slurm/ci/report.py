@@ -11,7 +11,8 @@ Exit codes, so a workflow can tell failures apart:
 | 4 | engine failure: a worker or the frontend exited, never became ready, stalled, or runs other versions than the recipe pins |
 | 5 | benchmark regression: a metric dropped by more than its threshold against `--baseline` |
 | 6 | benchmark client failure: aiperf crashed, wrote nothing, or no request of a point completed |
-| 7 | accuracy below threshold: an eval task scored under its threshold |
+| 7 | invalid result: the run finished, but some point is no result (its KV transfer failed or decode recomputed the prompts, too many requests failed, no or short outputs); no result file is written for it |
+| 8 | accuracy below threshold: an eval task scored under its threshold |
 | 1 | anything else (an internal error) |
 | 130 | cancelled |
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from inferx_slurm.evals.results import failure_line, failures, table_rows
+from inferx_slurm.results import kv_capacity, validity
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -29,7 +31,8 @@ EXIT_INFRA = 3
 EXIT_ENGINE = 4
 EXIT_REGRESSION = 5
 EXIT_BENCHMARK = 6
-EXIT_ACCURACY = 7
+EXIT_INVALID = validity.EXIT_INVALID
+EXIT_ACCURACY = 8
 EXIT_CANCELLED = 130
 
 CATEGORY_EXIT = {
@@ -38,6 +41,7 @@ CATEGORY_EXIT = {
     "engine": EXIT_ENGINE,
     "regression": EXIT_REGRESSION,
     "benchmark": EXIT_BENCHMARK,
+    "invalid": EXIT_INVALID,
     "accuracy": EXIT_ACCURACY,
     "cancelled": EXIT_CANCELLED,
     "internal": EXIT_INTERNAL,
@@ -88,6 +92,23 @@ def flagged_points(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _transfers(row: dict[str, Any]) -> str:
+    status = row.get("kv_transfer")
+    if status in (None, validity.KVStatus.not_applicable.value):
+        return "-"
+    if row.get("kv_transfers") is None:
+        return str(status)
+    return f"{status}: {row['kv_transfers']} ok, {row.get('kv_transfer_failures') or 0} failed"
+
+
+def invalid_points(rows: list[dict[str, Any]]) -> list[str]:
+    return [validity.invalid_line(r) for r in validity.invalid_rows(rows)]
+
+
+def capacity_warnings(caps: list[dict[str, Any]]) -> list[str]:
+    return kv_capacity.warnings(caps)
+
+
 def power_line(rows: list[dict[str, Any]]) -> str:
     """One line on energy: how it was measured, or why it is not valid."""
     bad = sorted({why for r in rows if not r.get("power_valid") for why in r.get("power_invalid_reasons") or ["no data"]})
@@ -118,16 +139,31 @@ def markdown(rep: dict[str, Any]) -> str:
     if rows:
         out += ["### Results" + (" (partial)" if rep.get("partial") else ""), "",
                 "| ISL | OSL | conc | tok/s/GPU | out tok/s/GPU | in tok/s/GPU | median TTFT ms | p99 TTFT ms | median TPOT ms | "
-                "tok/s/user | p99 E2EL ms | J/out tok | done | failed |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "tok/s/user | p99 E2EL ms | J/out tok | done | failed | valid | KV transfers |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
         for r in rows:
+            if r.get("valid") is False:  # no throughput or latency: they are not results
+                out.append(f"| {r['isl']} | {r['osl']} | {r['concurrency']} |" + " - |" * 9
+                           + f" {r.get('completed', '-')} | {r.get('failed', '-')} | **INVALID** | {_transfers(r)} |")
+                continue
             out.append(f"| {r['isl']} | {r['osl']} | {r['concurrency']} | {_fmt(r.get('tput_per_gpu'))} | {_fmt(r.get('output_tput_per_gpu'))} | "
                        f"{_fmt(r.get('input_tput_per_gpu'))} | {_fmt(r.get('median_ttft_ms'))} | {_fmt(r.get('p99_ttft_ms'))} | "
                        f"{_fmt(r.get('median_tpot_ms'), '.2f')} | {_fmt(r.get('intvty'))} | {_fmt(r.get('p99_e2el_ms'))} | "
-                       f"{_fmt(r.get('joules_per_output_token'), '.4g')} | {r.get('completed', '-')} | {r.get('failed', '-')} |")
+                       f"{_fmt(r.get('joules_per_output_token'), '.4g')} | {r.get('completed', '-')} | {r.get('failed', '-')} | "
+                       f"{'yes' if r.get('valid') else '-'} | {_transfers(r)} |")
         out.append("")
+        out += [f"- {validity.invalid_line(r)}" for r in validity.invalid_rows(rows)]
+        out += [f"- {line}" for r in rows if (line := validity.transfer_line(r))] + [""]
         if line := power_line(rows):
             out += [line, ""]
+    # Workers whose engine reports no capacity and that no plan covers (the mock engine) have nothing to show.
+    caps = [c for c in rep.get("kv_capacity") or [] if c.get("engine_tokens") is not None or c.get("planned_tokens") is not None]
+    if caps:
+        out += ["### KV cache capacity (tokens per DP rank)", "", "| worker | engine | source | plan | difference |", "|---|---:|---|---:|---:|"]
+        for c in caps:
+            out.append(f"| {c['worker']} | {_fmt(c.get('engine_tokens'), ',.0f')} | {c.get('source') or '-'} | "
+                       f"{_fmt(c.get('planned_tokens'), ',.0f')} | {_fmt(c.get('difference_pct'), '+.1f')}{'%' if c.get('difference_pct') is not None else ''} |")
+        out.append("")
     if rep.get("eval"):
         out += eval_markdown(rep["eval"])
     if rep.get("checks"):
@@ -162,7 +198,8 @@ def eval_markdown(block: dict[str, Any]) -> list[str]:
 
 def outputs(rep: dict[str, Any]) -> dict[str, str]:
     """Step outputs ($GITHUB_OUTPUT): later steps read these instead of parsing logs."""
-    best = max((float(r["tput_per_gpu"]) for r in rep.get("rows") or [] if r.get("tput_per_gpu") is not None), default=None)
+    best = max((float(r["tput_per_gpu"]) for r in rep.get("rows") or [] if r.get("tput_per_gpu") is not None and r.get("valid") is not False),
+               default=None)
     return {
         "job_id": str(rep.get("job_id") or ""),
         "results_dir": str(rep.get("results_dir") or ""),

@@ -178,9 +178,16 @@ def _gather(rep: dict[str, Any], results_dir: Path, recipe: Recipe, env: CIEnv, 
             rep.update(category="benchmark", exit_code=cr.EXIT_BENCHMARK,
                        diagnosis="no request completed at " + ", ".join(f"ISL {r['isl']} OSL {r['osl']} conc {r['concurrency']}" for r in empty))
         rep["warnings"] += cr.flagged_points(rows)
+        invalid = cr.invalid_points(rows)
+        if invalid and rep["exit_code"] == cr.EXIT_OK:
+            rep.update(category="invalid", exit_code=cr.EXIT_INVALID, diagnosis="\n".join(invalid))
+    rep["kv_capacity"] = summary.get("kv_capacity") or []
+    rep["warnings"] += cr.capacity_warnings(rep["kv_capacity"])
 
-    if rep["exit_code"] in (cr.EXIT_OK, cr.EXIT_BENCHMARK) and rows:
-        files += _write_results(rows, recipe, env, plan, out_dir, rep.get("job_id"), results_dir)
+    # An invalid point is no result: no result file carries its numbers.
+    published = [r for r in rows if r.get("valid") is not False]
+    if rep["exit_code"] in (cr.EXIT_OK, cr.EXIT_BENCHMARK, cr.EXIT_INVALID) and published:
+        files += _write_results(published, recipe, env, plan, out_dir, rep.get("job_id"), results_dir)
     files += ci_evals.gather(rep, summary, recipe, result_labels(recipe, env), int(plan.get("total_nodes") or 1), out_dir)
 
     rep["provenance_doc"] = prov

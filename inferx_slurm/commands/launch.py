@@ -12,7 +12,8 @@ from inferx_slurm.job.slurm import ENDED_STATES
 from inferx_slurm.job.submit import RunError, default_results_dir, dry_run_text, submit_many
 from inferx_slurm.sweeps.packing import hms, pack_seconds
 from inferx_slurm.recipe.schema import Recipe
-from inferx_slurm.results.table import format_table, served_line
+from inferx_slurm.results.table import format_table, served_line, validity_lines
+from inferx_slurm.results.validity import EXIT_INVALID, invalid_rows
 from inferx_slurm.sweeps.expand import expand
 from inferx_slurm.sweeps.state import MANIFEST, done_points, format_progress, progress
 from inferx_slurm.sweeps.state import rows as sweep_rows
@@ -131,9 +132,10 @@ def _wait_sweep(root: Path, handles: list) -> int:
             rc = 1
             diag = st.get("diagnosis") or f"ended {st.get('slurm_state')} before it ran (phase {st.get('phase')})"
             print(f"{h.results_dir.name} FAILED:\n{diag}", file=sys.stderr, flush=True)
-    print(format_table(sweep_rows(root)))
+    rows = sweep_rows(root)
+    print(format_table(rows))
     print(f"results: {root}/*/summary.json; re-run with --resume {root} to run what is not done")
-    return rc
+    return rc or (EXIT_INVALID if invalid_rows(rows) else 0)
 
 
 def _finished(h) -> bool:
@@ -155,12 +157,17 @@ def _wait_all(handles: list) -> int:
                 summary = h.wait(on_status=lambda st, h=h: print(f"job {h.job_id}: {st.get('phase')} ({st.get('slurm_state')})", flush=True))
                 print(format_table(summary["rows"]))
                 print(served_line(summary))
+                for line in validity_lines(summary):
+                    print(line)
                 if summary.get("eval"):
                     print(eval_table(summary["eval"]))
                 for t in failures(summary.get("eval")):
                     print(failure_line(t), file=sys.stderr)
                     rc = 1
                 print(f"results: {h.results_dir}/summary.json")
+                if invalid_rows(summary["rows"]):
+                    print(f"job {h.job_id}: {len(invalid_rows(summary['rows']))} invalid point(s): not results", file=sys.stderr, flush=True)
+                    rc = rc or EXIT_INVALID
             except RunError as e:
                 print(f"job {h.job_id} FAILED:\n{e}", file=sys.stderr, flush=True)
                 print(f"logs kept in {h.results_dir}/logs", file=sys.stderr)
@@ -179,7 +186,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("recipe", metavar="RECIPE", help="recipe file (.yaml/.json)")
     p.add_argument("--dry-run", action="store_true", help="print what would be submitted and run; submit nothing")
-    p.add_argument("--wait", action="store_true", help="wait for the run, print the results table, exit non-zero on failure")
+    p.add_argument("--wait", action="store_true", help="wait for the run, print the results table, exit non-zero on failure "
+                   f"({EXIT_INVALID} when it finished but some point is invalid)")
     p.add_argument("--force", action="store_true",
                    help="run benchmark points beyond a role's KV capacity (refused, or skipped in a sweep, without it)")
     p.add_argument("--results-dir", metavar="DIR", help="where results go (default: results/NAME-TIMESTAMP)")

@@ -10,7 +10,8 @@ from inferx_slurm.results import provenance
 from inferx_slurm.errors import InferxError
 from inferx_slurm.evals.results import compare as compare_evals
 from inferx_slurm.evals.results import format_table as eval_table
-from inferx_slurm.results.table import LONG_COLUMNS, LONG_DELTA_METRICS, columns_for, compare, format_table, load_summary, served_line
+from inferx_slurm.results.table import (LONG_COLUMNS, LONG_DELTA_METRICS, columns_for, compare, format_table, load_summary, served_line,
+                                        validity_lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     columns = columns_for([c.strip() for c in args.columns.split(",") if c.strip()]) if args.columns else None
     print(format_table(summary.get("rows", []), LONG_COLUMNS if args.long else columns))
     print(served_line(summary))
+    for line in validity_lines(summary):
+        print(line)
     if summary.get("eval"):
         print(eval_table(summary["eval"]))
     print("\n".join(provenance.format_lines(provenance.load(args.dir))))

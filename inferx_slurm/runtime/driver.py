@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from inferx_slurm.benchmark.aiperf import AIPERF_EXPORT, aiperf_argv, point_dir, point_row, profiling_window
+from inferx_slurm.benchmark.aiperf import AIPERF_EXPORT, aiperf_argv, asks_ignore_eos, point_dir, point_row, profiling_window
 from inferx_slurm.benchmark.records import RECORDS_EXPORT, read_records
 from inferx_slurm.results import provenance
 from inferx_slurm.fsutil import atomic_write, atomic_write_json, read_json
@@ -21,7 +21,8 @@ from inferx_slurm.planning.ports import PortVar, ports_file
 from inferx_slurm.recipe.sections import Discovery
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.job.render import RenderedJob, srun_argv
-from inferx_slurm.runtime import evals, fabric, metrics, node_cache_serve, nodes, readiness
+from inferx_slurm.results import validity
+from inferx_slurm.runtime import evals, fabric, kv_probe, metrics, node_cache_serve, nodes, readiness
 from inferx_slurm.runtime.accounting import served_requests
 from inferx_slurm.runtime.energy import point_power
 from inferx_slurm.runtime.fatal_lines import FatalLineWatch
@@ -49,6 +50,7 @@ class Driver:
         self.events: list[dict[str, Any]] = []
         self.rows: list[dict[str, Any]] = []
         self.eval: Optional[dict[str, Any]] = None
+        self.kv_capacity: list[dict[str, Any]] = []
         self.t0 = time.time()
         self._last_node_check = 0.0
         self.node_watch: Optional[NodeWatch] = None
@@ -78,6 +80,7 @@ class Driver:
             self.dir / "summary.json",
             {"name": self.recipe.name, "topology": self.plan.topology, "partial": partial,
              "total_gpus": self.plan.total_gpus, "rows": self.rows,
+             "invalid_points": len(validity.invalid_rows(self.rows)), "kv_capacity": self.kv_capacity,
              "served": served_requests(self.dir / "logs", leaders), **({"eval": self.eval} if self.eval else {})},
         )
 
@@ -117,6 +120,7 @@ class Driver:
     def measure(self) -> None:
         if evals.benchmark_wanted(self.recipe):
             self.status("benchmarking")
+            self._check_kv_capacity()
             self._benchmark()
         if evals.wanted(self.recipe):
             self.status("evaluating")
@@ -136,7 +140,7 @@ class Driver:
         self._record_provenance()
         self.write_summary(partial=False)
         self.event("done")
-        self.status("done")
+        self.status("done", invalid_points=[validity.invalid_line(r) for r in validity.invalid_rows(self.rows)])
         return {"rows": self.rows}
 
     def _record_provenance(self) -> None:
@@ -359,6 +363,7 @@ class Driver:
     def _benchmark(self) -> None:
         b = self.recipe.benchmark
         tokenizer = b.tokenizer or self.recipe.model.path
+        kv = kv_probe.PointProbe(self.recipe, lambda: self._spec_urls(("decode",)))
         for scen in b.scenarios:
             for conc in b.concurrency:
                 out = self.dir / point_dir(scen, conc)
@@ -366,6 +371,7 @@ class Driver:
                 argv = aiperf_argv(self.recipe, scen, conc, url=self.base_url, artifact_dir=str(out), tokenizer=tokenizer)
                 self.event("benchmark", scenario=scen.name, concurrency=conc)
                 spec_before = self._spec_counters() if self.recipe.speculative else None
+                kv.start()
                 self._run_client(argv, out, b.requests_for(conc) + b.warmup_requests)
                 export = out / AIPERF_EXPORT
                 if not export.exists():
@@ -376,6 +382,10 @@ class Driver:
                                 agg_gpus=self.plan.agg_gpus, expected_requests=b.requests_for(conc))
                 if self.recipe.speculative:
                     row["acceptance_length"] = self._acceptance_length(spec_before)
+                verdict = kv.judge(row, osl=scen.osl, ignore_eos=asks_ignore_eos(argv))
+                if not verdict.valid:
+                    self.event("invalid point", isl=scen.isl, osl=scen.osl, concurrency=conc, why=verdict.why)
+                row.update(verdict.row_fields())
                 window = (row["benchmark_start_time_unix"], row["benchmark_end_time_unix"]) if "duration" in row else profiling_window(doc)
                 row.update(gpu_metrics(self.engine_dir / "logs", self.hosts, *window))
                 # A sample after the window's end may be one sampling period away.
@@ -384,13 +394,26 @@ class Driver:
                 self.rows.append(row)
                 self.write_summary(partial=True)
 
-    def _spec_urls(self) -> list[str]:
+    def _spec_urls(self, roles: tuple[str, ...] = ("decode", "agg")) -> list[str]:
         """Where the engines' own Prometheus metrics are: the server itself, or each worker
         leader's system port under Dynamo."""
+        return [u for w in self.plan.workers if w.role in roles and (u := self._metrics_url(w))][: 1 if self.own_server else None]
+
+    def _metrics_url(self, w: Any) -> Optional[str]:
         if self.own_server:
-            return [f"{self.base_url}/metrics"]
-        return [f"http://{self.addrs[self.hosts[w.leader]]}:{self._port(f'{w.name}.n0', PortVar.system)}/metrics"
-                for w in self.plan.workers if w.role != "prefill"]
+            return f"{self.base_url}/metrics"
+        port = self._port(f"{w.name}.n0", PortVar.system)
+        return None if port is None else f"http://{self.addrs[self.hosts[w.leader]]}:{port}/metrics"
+
+    def _check_kv_capacity(self) -> None:
+        """Each worker's KV capacity as its engine sized it, beside the memory plan's."""
+        caps, note = kv_probe.capacities(self.recipe, self.plan, self._metrics_url, self.engine_dir / "logs")
+        if note:
+            self.event("kv capacity not planned", why=note)
+        self.kv_capacity = [c.model_dump() for c in caps]
+        for c in caps:
+            if c.warning:
+                self.event("kv capacity warning", warning=c.warning)
 
     def _spec_counters(self) -> Optional[tuple[float, float]]:
         """(accepted draft tokens, drafts) summed over the decoding engines; None when no engine
