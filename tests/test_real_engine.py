@@ -24,6 +24,7 @@ from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.runtime.ports import read_ports
 
 from conftest import REPO
+from test_evals import write_gsm8k
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -65,8 +66,30 @@ def variant(tmp_path: Path, sets: dict) -> Path:
     return path
 
 
+def eval_section(tmp_path: Path) -> dict:
+    """A small GSM8K eval (6 problems, 32 tokens each) the tiny model cannot pass: threshold 0."""
+    return {"tasks": [{"name": "gsm8k", "dataset": str(write_gsm8k(tmp_path / "gsm8k")), "num_fewshot": 1, "threshold": 0.0}],
+            "limit": 6, "max_tokens": 32, "stage_dir": str(tmp_path / "staged")}
+
+
+def check_eval_after_the_point(d: Path, url_port: int) -> dict:
+    """The eval ran after the benchmark point, on the engines the point used (one start), against
+    the deployment's OpenAI endpoint, and its answers came from the engine."""
+    summary = json.loads((d / "summary.json").read_text())
+    ev = summary["eval"]
+    (t,) = ev["tasks"]
+    assert t["task"] == "gsm8k" and t["n"] == 6 and t["threshold"] == 0.0 and t["passed"] is True and 0 <= t["score"] <= 1
+    assert ev["concurrency"] == 2 and ev["url"].endswith(f":{url_port}"), ev  # the highest benchmark concurrency
+    status = json.loads((d / "status.json").read_text())
+    names = [e["event"] for e in status["events"]]
+    assert names.count("engines started") == 1 and names.index("eval") > names.index("benchmark"), names
+    samples = [json.loads(x) for f in (d / "eval").glob("samples_gsm8k_*.jsonl") for x in f.read_text().splitlines()]
+    assert len(samples) == 6 and all(isinstance(s["resps"][0], str) for s in samples)
+    return ev
+
+
 def test_disaggregated_1p1d_moves_kv_from_prefill_to_decode(cluster, tmp_path):
-    out = launch_wait(variant(tmp_path, {"slurm.gpu_memory_gb": PLANNED_GPU_GB}), tmp_path / "run")
+    out = launch_wait(variant(tmp_path, {"slurm.gpu_memory_gb": PLANNED_GPU_GB, "eval": eval_section(tmp_path)}), tmp_path / "run")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     d = tmp_path / "run"
     summary = json.loads((d / "summary.json").read_text())
@@ -91,9 +114,13 @@ def test_disaggregated_1p1d_moves_kv_from_prefill_to_decode(cluster, tmp_path):
     assert "kv capacity warning" not in [e["event"] for e in json.loads((d / "status.json").read_text())["events"]]
     shown = subprocess.run([sys.executable, "-m", "inferx_slurm", "results", str(d)], capture_output=True, text=True, cwd=REPO)
     assert "KV transfer verified" in shown.stdout and "KV capacity decode-0: engine 524,288 tokens (metrics)" in shown.stdout
-    # Every request went through both workers (their own logs say so), warm-up included.
+    # Every request went through both workers (their own logs say so): the point's 8 and its
+    # warm-up, then the eval's 6 through the same frontend.
     served = summary["served"]
-    assert served["per_worker"] == {"prefill-0": 9, "decode-0": 9} and served["through_prefill_and_decode"] == 9, served
+    assert served["per_worker"] == {"prefill-0": 15, "decode-0": 15} and served["through_prefill_and_decode"] == 15, served
+    check_eval_after_the_point(d, read_ports(d / "ports" / "frontend.env")["INFERX_HTTP_PORT"])
+    assert "gsm8k" in subprocess.run([sys.executable, "-m", "inferx_slurm", "results", str(d)], capture_output=True, text=True,
+                                     cwd=REPO).stdout
     # The decode worker read the prompts' KV blocks from prefill over NIXL, and none failed. It
     # logs its counts every few seconds while busy; the last interval can end with the job.
     ok, failed = transfers(d / "logs" / "decode-0.n0.log")
@@ -240,7 +267,9 @@ exec {VLLM_PY} "${{args[@]}}"
 def test_engine_own_server_with_ngram_speculation(cluster, tmp_path):
     """`frontend.server: engine` on the real engine: vLLM's own OpenAI server on the port its node
     took, no frontend or discovery step, n-gram speculative decoding switched on."""
-    out = launch_wait(AGG, tmp_path / "run")
+    recipe = tmp_path / "agg.yaml"
+    recipe.write_text(Recipe.load(AGG).with_overrides({"eval": eval_section(tmp_path)}).to_yaml())
+    out = launch_wait(recipe, tmp_path / "run")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     d = tmp_path / "run"
     script = (d / "scripts" / "agg-0.sh").read_text()
@@ -258,6 +287,10 @@ def test_engine_own_server_with_ngram_speculation(cluster, tmp_path):
     # Random prompts give the proposer nothing to look up, so no draft was made: no acceptance
     # length is claimed for this point.
     assert row["acceptance_length"] is None
+    # The eval after the point, on the engine's own server: one engine start, the dataset read
+    # from its staged copy.
+    check_eval_after_the_point(d, port)
+    assert (tmp_path / "staged" / "gsm8k" / "test.jsonl").is_file()
 
 
 def _kill_leftovers(run_dir: Path) -> list[int]:
