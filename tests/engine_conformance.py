@@ -92,7 +92,7 @@ def commands_in_script(text: str) -> list[tuple[str, list[str]]]:
         code = line.split(" #", 1)[0].strip()
         if code.startswith("#") or not any(m in code for m in _MARKERS):
             continue
-        code = code.removesuffix(";;").strip().removeprefix("exec ").strip()
+        code = code.removesuffix(";;").strip().removeprefix("reap_group; ").removeprefix("exec ").strip()
         try:
             argv = shlex.split(code)
         except ValueError as e:

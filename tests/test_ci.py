@@ -164,6 +164,9 @@ def test_fault_kinds_map_to_exit_codes():
     assert cr.classify_fault("exited", "infra exited (exit code 1) on host node1.") == "infrastructure"
     assert cr.classify_fault("exited", "prefill worker 0 exited (exit code 3) on host node1.") == "engine"
     assert cr.classify_fault("not_ready", "") == cr.classify_fault("stalled", "") == "engine"
+    # A fabric that cannot carry NIXL is the cluster's; an engine whose listener died is the engine's.
+    assert cr.CATEGORY_EXIT[cr.classify_fault("fabric", "NIXL fabric preflight failed ...")] == cr.EXIT_INFRA
+    assert cr.CATEGORY_EXIT[cr.classify_fault("engine_fatal", "prefill worker 0 ...")] == cr.EXIT_ENGINE
     assert cr.CATEGORY_EXIT[cr.classify_fault("client", "")] == cr.EXIT_BENCHMARK
     assert cr.classify_fault(None, "job 5 ended NODE_FAIL") == "infrastructure"
     assert cr.CATEGORY_EXIT[cr.classify_fault("node_cache", "node1: no room for the weights")] == cr.EXIT_INFRA

@@ -96,7 +96,8 @@ def test_submit_up_to_sbatch_builds_each_deployment_once(tmp_path, m3, calls, mo
     assert json.loads(paths.job.read_text())["job_id"] == "4242"
     assert len(log.read_text().splitlines()) == 1 and f"{paths.submitit}/" in log.read_text()
     assert json.loads(paths.plan.read_text())["total_nodes"] == 2
-    assert sorted(p.name for p in paths.scripts.iterdir()) == ["decode-0.sh", "frontend.sh", "gpumon.py", "gpumon.sh",
+    assert sorted(p.name for p in paths.scripts.iterdir()) == ["decode-0.sh", "fabric-initiator.sh", "fabric-target.sh", "fabric_probe.py",
+                                                               "frontend.sh", "gpumon.py", "gpumon.sh",
                                                                "identity_probe.py", "infra.sh", "ports.py", "prefill-0.sh"]
 
 
@@ -131,7 +132,7 @@ def test_staged_model_is_served_from_where_staging_copies_it(tmp_path):
 
 def test_launch_json_starts_each_step_as_the_dry_run_shows_it(tmp_path):
     from inferx_slurm.job.launch import Launch, fill
-    from inferx_slurm.job.render import srun_argv
+    from inferx_slurm.job.srun import srun_argv
     from inferx_slurm.job.submit import prepare
 
     r = Recipe.from_dict({"name": "l", "profile": "gb200-nvl72", "topology": "1P1D TP4", "model": {"path": "org/m", "weights_gb": 10},

@@ -70,10 +70,11 @@ def test_summary_round_trip(tmp_path):
 
 
 def test_phases_and_fault_kinds_are_strings_in_the_json():
-    assert [p.value for p in Phase] == ["pending", "starting", "ready", "benchmarking", "done", "failed"]
+    assert [p.value for p in Phase] == ["pending", "starting", "ready", "benchmarking", "evaluating", "done", "failed"]
     assert Phase("done") == "done" and not Phase.ready.ended
     assert {k.value for k in FaultKind} == {"exited", "not_ready", "node_down", "stalled", "cancelled", "infra", "install",
-                                            "node_cache", "time_limit", "client", "internal", "not_run"}
+                                            "node_cache", "time_limit", "client", "fabric", "engine_fatal", "eval",
+                                            "internal", "not_run"}
     assert ENDS_ALLOCATION == {FaultKind.cancelled, FaultKind.time_limit, FaultKind.node_down}
     # CI gives every fault kind a category, and each category its exit code.
     for kind in FaultKind:

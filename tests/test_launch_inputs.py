@@ -15,7 +15,8 @@ from inferx_slurm.job.deployment import build_deployment
 from inferx_slurm.job.dry_run import dry_run_text
 from inferx_slurm.job.submit import import_image_for, prepare, stage
 from inferx_slurm.recipe.schema import Recipe
-from inferx_slurm.job.render import render, srun_argv
+from inferx_slurm.job.render import render
+from inferx_slurm.job.srun import srun_argv
 from inferx_slurm.sharedfs.staging import is_staged
 
 BIN = Path(__file__).parent / "bin"
@@ -84,8 +85,9 @@ def test_dry_run_writes_and_submits_nothing(tmp_path):
     r = Recipe.from_dict({"name": "d", "topology": "2P1D DEP8->DEP16", "profile": "gb200-nvl72", "model": {"path": "org/m"}})
     text = dry_run_text(r, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    # infra + frontend, 2 prefill workers x 2 nodes, decode x 4 nodes, a GPU sampler per node
-    assert "#SBATCH --nodes=8" in text and text.count("srun --overlap") == 2 + 2 * 2 + 4 + 8
+    # infra + frontend, 2 prefill workers x 2 nodes, decode x 4 nodes, a GPU sampler per node,
+    # a NIXL fabric probe on each of the 4 prefill and 4 decode nodes
+    assert "#SBATCH --nodes=8" in text and text.count("srun --overlap") == 2 + 2 * 2 + 4 + 8 + 4 + 4
 
 
 def test_cli_launch_dry_run_and_bad_recipe(tmp_path):

@@ -18,7 +18,8 @@ import pytest
 
 from inferx_slurm.errors import RecipeError
 from inferx_slurm.job.node_cache import NODE_MODEL, env_file
-from inferx_slurm.job.render import container_mounts, render, srun_argv
+from inferx_slurm.job.render import render
+from inferx_slurm.job.srun import container_mounts, srun_argv
 from inferx_slurm.planning.placement import plan_recipe
 from inferx_slurm.recipe.node_cache import cap_bytes, format_bytes, mount_root, parse_size
 from inferx_slurm.recipe.schema import Recipe

@@ -8,7 +8,8 @@ import pytest
 from inferx_slurm.job.sbatch import sbatch_script
 from inferx_slurm.planning.placement import plan_recipe
 from inferx_slurm.recipe.schema import Recipe
-from inferx_slurm.job.render import render, shell_join, srun_argv
+from inferx_slurm.job.render import render, shell_join
+from inferx_slurm.job.srun import srun_argv
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from inferx_slurm.sharedfs.locks import exclusive, read_holder
+from inferx_slurm.sharedfs.locks import LEASE_S, exclusive, read_holder
 from inferx_slurm.sharedfs.stage_copy import filesystem_type
 from inferx_slurm.sharedfs.staging import MANIFEST_NAME, READY_NAME, StageError, StageSourceError, is_staged, read_manifest, serving_env, stage_model, staged_name
 
@@ -200,19 +200,19 @@ def test_serving_env():
 # Racers are forked (fast to start, each a real process with its own pid, killed with SIGKILL).
 
 
-def _stage_worker(src: Path, dest: Path, go: Path, out: Path, workers: int) -> None:
+def _stage_worker(src: Path, dest: Path, go: Path, out: Path, workers: int, lease_s: float) -> None:
     while not go.exists():
         time.sleep(0.002)
-    res = stage_model(src, dest, workers=workers, timeout_s=60)
+    res = stage_model(src, dest, workers=workers, timeout_s=60, lease_s=lease_s)
     out.write_text(res.model_dump_json())
 
 
-def _spawn(n, src, dest, *, workers=2):
+def _spawn(n, src, dest, *, workers=2, lease_s=LEASE_S):
     run = dest.parent / f"run-{random.getrandbits(32):08x}"
     run.mkdir(parents=True)
     procs = []
     for i in range(n):
-        p = _FORK.Process(target=_stage_worker, args=(src, dest, run / "go", run / f"{i}.json", workers))
+        p = _FORK.Process(target=_stage_worker, args=(src, dest, run / "go", run / f"{i}.json", workers, lease_s))
         p.start()
         p.out = run / f"{i}.json"
         procs.append(p)
@@ -275,6 +275,9 @@ def test_interrupted_stage_resumes_copying_only_what_is_missing(tmp_path):
     assert _leftovers(dest) == []
 
 
+KILL_LEASE_S = 10.0
+
+
 @pytest.mark.parametrize("round_", range(4))
 def test_kill_9_at_random_moments_then_rerun(tmp_path, round_):
     rng = random.Random(100 + round_)
@@ -282,7 +285,9 @@ def test_kill_9_at_random_moments_then_rerun(tmp_path, round_):
     total = len(_tree(src))
     dest = tmp_path / "models"
     final, partial = dest / "m", dest / ".m.partial"
-    procs = _spawn(16, src, dest)
+    # A victim killed between creating the lock file and writing its record leaves an empty
+    # marker that clears after one lease: keep the lease well inside the survivors' 60 s wait.
+    procs = _spawn(16, src, dest, lease_s=KILL_LEASE_S)
     # A random moment of the copy: once a random share of the files is in place (round 0:
     # before the first one), or when it is all over.
     target = 0 if round_ == 0 else rng.randint(1, total)
@@ -300,7 +305,7 @@ def test_kill_9_at_random_moments_then_rerun(tmp_path, round_):
     _collect([p for p in procs if p not in victims])
     if final.exists():
         _assert_complete_copy(final, src)
-    rerun = _collect(_spawn(4, src, dest))
+    rerun = _collect(_spawn(4, src, dest, lease_s=KILL_LEASE_S))
     _assert_complete_copy(final, src)
     assert sum(not r["reused"] for r in rerun) <= 1
     assert _leftovers(dest) == []

@@ -45,6 +45,12 @@ def aiperf_argv(
     return argv + flags(b.args)
 
 
+def asks_ignore_eos(argv: list[str]) -> bool:
+    """Whether the client asks the engine to ignore EOS (the last such input wins)."""
+    asked = [v.split(":", 1)[1].strip().lower() for k, v in zip(argv, argv[1:]) if k == "--extra-inputs" and v.startswith("ignore_eos:")]
+    return bool(asked) and asked[-1] == "true"
+
+
 def _stat(export: dict[str, Any], key: str, field: str = "avg") -> Optional[float]:
     entry = export.get(key)
     if isinstance(entry, dict):

@@ -45,7 +45,7 @@ ROLE_VARS = ("NUM_WORKERS", "TP", "EP", "DP_ATTN")
 VARIABLES = frozenset({
     "MODEL", "MODEL_PATH", "IMAGE", "ISL", "OSL", "CONC_LIST", "CONC", "FRAMEWORK", "DISAGG", "SPEC_DECODING",
     "SLURM_PARTITION", "SLURM_ACCOUNT", "RUNNER_NAME", "RESULT_FILENAME", "GITHUB_WORKSPACE", "RUNNER_TYPE",
-    "PRECISION", "MODEL_PREFIX", "EXP_NAME", "RECIPE_FINGERPRINT", *(f"{r}_{v}" for r in ("PREFILL", "DECODE") for v in ROLE_VARS),
+    "PRECISION", "MODEL_PREFIX", "EXP_NAME", "RECIPE_FINGERPRINT", "RUN_EVAL", "EVAL_ONLY", "EVAL_LIMIT", "EVAL_CONC", *(f"{r}_{v}" for r in ("PREFILL", "DECODE") for v in ROLE_VARS),
 })
 
 
@@ -203,6 +203,16 @@ def from_environ(env: Mapping[str, str]) -> CIEnv:
         out.sets["slurm.account"] = acct
     if (runner := use("RUNNER_NAME")) is not None:
         out.sets["slurm.job_name"] = runner
+
+    # InferenceX's eval switches: the recipe's eval: section says what to run.
+    for name, run in (("RUN_EVAL", "after"), ("EVAL_ONLY", "only")):
+        if _bool(env, name):
+            use(name)
+            out.sets["eval.run"] = run
+    for name, path in (("EVAL_LIMIT", "eval.limit"), ("EVAL_CONC", "eval.concurrency")):
+        if (n := _int(env, name)) is not None:
+            use(name)
+            out.sets[path] = n
 
     out.result_filename = use("RESULT_FILENAME")
     out.out_dir = _get(env, "GITHUB_WORKSPACE")

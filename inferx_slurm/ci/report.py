@@ -7,10 +7,12 @@ Exit codes, so a workflow can tell failures apart:
 |---|---|
 | 0 | the run finished and passed the baseline gate (if any) |
 | 2 | recipe or environment error: nothing was submitted |
-| 3 | infrastructure failure: a node, Slurm, the image, staging, a node's weight cache, discovery infra, the time limit |
+| 3 | infrastructure failure: a node, Slurm, the image, staging, a node's weight cache, discovery infra, the NIXL fabric preflight, the time limit |
 | 4 | engine failure: a worker or the frontend exited, never became ready, stalled, or runs other versions than the recipe pins |
 | 5 | benchmark regression: a metric dropped by more than its threshold against `--baseline` |
 | 6 | benchmark client failure: aiperf crashed, wrote nothing, or no request of a point completed |
+| 7 | invalid result: the run finished, but some point is no result (its KV transfer failed or decode recomputed the prompts, too many requests failed, no or short outputs); no result file is written for it |
+| 8 | accuracy below threshold: an eval task scored under its threshold |
 | 1 | anything else (an internal error) |
 | 130 | cancelled |
 """
@@ -22,7 +24,9 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from inferx_slurm.evals.results import failure_line, failures, table_rows
 from inferx_slurm.job.phases import FaultKind
+from inferx_slurm.results import kv_capacity, validity
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -31,6 +35,8 @@ EXIT_INFRA = 3
 EXIT_ENGINE = 4
 EXIT_REGRESSION = 5
 EXIT_BENCHMARK = 6
+EXIT_INVALID = validity.EXIT_INVALID
+EXIT_ACCURACY = 8
 EXIT_CANCELLED = 130
 
 
@@ -42,6 +48,8 @@ class Category(str, Enum):
     engine = "engine"
     regression = "regression"
     benchmark = "benchmark"
+    invalid = "invalid"  # the run finished, but some point is no result (results/validity.py)
+    accuracy = "accuracy"  # an eval task scored under its threshold
     cancelled = "cancelled"
     internal = "internal"
 
@@ -52,6 +60,8 @@ CATEGORY_EXIT = {
     Category.engine: EXIT_ENGINE,
     Category.regression: EXIT_REGRESSION,
     Category.benchmark: EXIT_BENCHMARK,
+    Category.invalid: EXIT_INVALID,
+    Category.accuracy: EXIT_ACCURACY,
     Category.cancelled: EXIT_CANCELLED,
     Category.internal: EXIT_INTERNAL,
 }
@@ -61,7 +71,10 @@ _FAULT_CATEGORY = {
     FaultKind.install: Category.infrastructure, FaultKind.time_limit: Category.infrastructure,
     # A node that cannot hold the weights model.node_cache requires: its disk, like staging's.
     FaultKind.node_cache: Category.infrastructure,
+    # Nodes that cannot move KV bytes to each other: the fabric, not the engine.
+    FaultKind.fabric: Category.infrastructure,
     FaultKind.not_ready: Category.engine, FaultKind.stalled: Category.engine,
+    FaultKind.engine_fatal: Category.engine, FaultKind.eval: Category.engine,
     FaultKind.client: Category.benchmark, FaultKind.cancelled: Category.cancelled,
 }
 
@@ -107,6 +120,9 @@ class CIReport(BaseModel):
     baseline: Optional[str] = None
     archive: Optional[str] = None
     files: Optional[list[str]] = None
+    invalid_points: Optional[list[str]] = Field(None, description="why each invalid point is no result")
+    kv_capacity: Optional[list[dict[str, Any]]] = Field(None, description="each worker's KV capacity, engine's vs plan's")
+    eval: Optional[dict[str, Any]] = Field(None, description="the summary's eval block")
 
     @classmethod
     def start(cls, name: str) -> "CIReport":
@@ -146,6 +162,23 @@ def flagged_points(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _transfers(row: dict[str, Any]) -> str:
+    status = row.get("kv_transfer")
+    if status in (None, validity.KVStatus.not_applicable.value):
+        return "-"
+    if row.get("kv_transfers") is None:
+        return str(status)
+    return f"{status}: {row['kv_transfers']} ok, {row.get('kv_transfer_failures') or 0} failed"
+
+
+def invalid_points(rows: list[dict[str, Any]]) -> list[str]:
+    return [validity.invalid_line(r) for r in validity.invalid_rows(rows)]
+
+
+def capacity_warnings(caps: list[dict[str, Any]]) -> list[str]:
+    return kv_capacity.warnings(caps)
+
+
 def power_line(rows: list[dict[str, Any]]) -> str:
     """One line on energy: how it was measured, or why it is not valid."""
     bad = sorted({why for r in rows if not r.get("power_valid") for why in r.get("power_invalid_reasons") or ["no data"]})
@@ -180,16 +213,33 @@ def markdown(rep: CIReport) -> str:
     if rows:
         out += ["### Results" + (" (partial)" if rep.partial else ""), "",
                 "| ISL | OSL | conc | tok/s/GPU | out tok/s/GPU | in tok/s/GPU | median TTFT ms | p99 TTFT ms | median TPOT ms | "
-                "tok/s/user | p99 E2EL ms | J/out tok | done | failed |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "tok/s/user | p99 E2EL ms | J/out tok | done | failed | valid | KV transfers |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
         for r in rows:
+            if r.get("valid") is False:  # no throughput or latency: they are not results
+                out.append(f"| {r['isl']} | {r['osl']} | {r['concurrency']} |" + " - |" * 9
+                           + f" {r.get('completed', '-')} | {r.get('failed', '-')} | **INVALID** | {_transfers(r)} |")
+                continue
             out.append(f"| {r['isl']} | {r['osl']} | {r['concurrency']} | {_fmt(r.get('tput_per_gpu'))} | {_fmt(r.get('output_tput_per_gpu'))} | "
                        f"{_fmt(r.get('input_tput_per_gpu'))} | {_fmt(r.get('median_ttft_ms'))} | {_fmt(r.get('p99_ttft_ms'))} | "
                        f"{_fmt(r.get('median_tpot_ms'), '.2f')} | {_fmt(r.get('intvty'))} | {_fmt(r.get('p99_e2el_ms'))} | "
-                       f"{_fmt(r.get('joules_per_output_token'), '.4g')} | {r.get('completed', '-')} | {r.get('failed', '-')} |")
+                       f"{_fmt(r.get('joules_per_output_token'), '.4g')} | {r.get('completed', '-')} | {r.get('failed', '-')} | "
+                       f"{'yes' if r.get('valid') else '-'} | {_transfers(r)} |")
         out.append("")
+        out += [f"- {validity.invalid_line(r)}" for r in validity.invalid_rows(rows)]
+        out += [f"- {line}" for r in rows if (line := validity.transfer_line(r))] + [""]
         if line := power_line(rows):
             out += [line, ""]
+    # Workers whose engine reports no capacity and that no plan covers (the mock engine) have nothing to show.
+    caps = [c for c in rep.kv_capacity or [] if c.get("engine_tokens") is not None or c.get("planned_tokens") is not None]
+    if caps:
+        out += ["### KV cache capacity (tokens per DP rank)", "", "| worker | engine | source | plan | difference |", "|---|---:|---|---:|---:|"]
+        for c in caps:
+            out.append(f"| {c['worker']} | {_fmt(c.get('engine_tokens'), ',.0f')} | {c.get('source') or '-'} | "
+                       f"{_fmt(c.get('planned_tokens'), ',.0f')} | {_fmt(c.get('difference_pct'), '+.1f')}{'%' if c.get('difference_pct') is not None else ''} |")
+        out.append("")
+    if rep.eval:
+        out += eval_markdown(rep.eval)
     if rep.checks:
         out += [f"### Baseline gate (against `{rep.baseline}`)", "",
                 "| ISL | OSL | conc | metric | baseline | this run | change | allowed | verdict |", "|---:|---:|---:|---|---:|---:|---:|---:|---|"]
@@ -212,9 +262,18 @@ def markdown(rep: CIReport) -> str:
     return "\n".join(out)
 
 
+def eval_markdown(block: dict[str, Any]) -> list[str]:
+    rows = table_rows(block)
+    head = (f"### Accuracy ({'passed' if block.get('passed') else 'BELOW THRESHOLD'}; concurrency {block.get('concurrency')}, "
+            f"{block.get('seconds')} s on the deployment's engines)")
+    return [head, "", "| " + " | ".join(rows[0]) + " |", "|---|" + "---:|" * (len(rows[0]) - 3) + "---|---:|"] + [
+        "| " + " | ".join(r[:-2] + ["**FAIL**" if r[-2] == "FAIL" else r[-2], r[-1]]) + " |" for r in rows[1:]] + [""]
+
+
 def outputs(rep: CIReport) -> dict[str, str]:
     """Step outputs ($GITHUB_OUTPUT): later steps read these instead of parsing logs."""
-    best = max((float(r["tput_per_gpu"]) for r in rep.rows or [] if r.get("tput_per_gpu") is not None), default=None)
+    best = max((float(r["tput_per_gpu"]) for r in rep.rows or [] if r.get("tput_per_gpu") is not None and r.get("valid") is not False),
+               default=None)
     return {
         "job_id": str(rep.job_id or ""),
         "results_dir": str(rep.results_dir or ""),
@@ -223,6 +282,7 @@ def outputs(rep: CIReport) -> dict[str, str]:
         "category": _category(rep),
         "exit_code": str(rep.exit_code),
         "archive": str(rep.archive or ""),
+        "eval_passed": "" if not rep.eval else str(bool(rep.eval.get("passed"))).lower(),
     }
 
 
@@ -233,6 +293,8 @@ def _escape(text: str) -> str:
 
 def workflow_commands(rep: CIReport) -> list[str]:
     lines = [f"::warning title=inferx-slurm::{_escape(w)}" for w in rep.warnings]
+    if rep.exit_code == EXIT_ACCURACY:
+        return lines + [f"::error title=inferx-slurm accuracy (exit {EXIT_ACCURACY})::{_escape(failure_line(t))}" for t in failures(rep.eval)]
     if rep.exit_code != EXIT_OK:
         first = (rep.diagnosis or _category(rep) or "failed").strip()
         lines.append(f"::error title=inferx-slurm {_category(rep) or None} (exit {rep.exit_code})::{_escape(first)}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from inferx_slurm.ci import inferencex as ix
+from inferx_slurm.ci import evals as ci_evals
 from inferx_slurm.ci import report as cr
 from inferx_slurm.ci.env import CIEnv, check_against_recipe, check_image_runtime, from_environ
 from inferx_slurm.ci.report import Category, CIReport
@@ -25,6 +26,7 @@ from inferx_slurm.results import labels as lb
 from inferx_slurm.results import provenance
 from inferx_slurm.results.archive import write_archive
 from inferx_slurm.results.baseline import DEFAULT_THRESHOLDS, gate, load_rows
+from inferx_slurm.recipe.evals import require_eval_section
 
 # The name InferenceX's workflow uploads (multinode_server_logs_${RESULT_FILENAME}).
 ARCHIVE_NAME = ix.LOGS_ARCHIVE
@@ -51,6 +53,7 @@ def _prepare(opts: CIOptions, env: CIEnv) -> Recipe:
     recipe = Recipe.load(opts.recipe, site=opts.site)
     sets = {**env.sets, **opts.sets}  # --set wins over the environment
     check_image_runtime(sets, recipe.container.runtime.value)
+    require_eval_section(recipe.eval, sets)
     recipe = recipe.with_overrides(sets) if sets else recipe
     check_against_recipe(env, recipe)
     if len(expand(recipe)) > 1:
@@ -181,9 +184,20 @@ def _gather(rep: CIReport, results_dir: Path, recipe: Recipe, env: CIEnv, opts: 
             rep.failed(Category.benchmark, "no request completed at " + ", ".join(
                 f"ISL {r['isl']} OSL {r['osl']} conc {r['concurrency']}" for r in empty))
         rep.warnings += cr.flagged_points(rows)
+        invalid = cr.invalid_points(rows)
+        if invalid:
+            rep.invalid_points = invalid
+            if rep.exit_code == cr.EXIT_OK:
+                rep.failed(Category.invalid, "\n".join(invalid))
+    rep.kv_capacity = summary.kv_capacity if summary else []
+    rep.warnings += cr.capacity_warnings(rep.kv_capacity)
 
-    if rep.exit_code in (cr.EXIT_OK, cr.EXIT_BENCHMARK) and rows:
-        files += _write_results(rows, recipe, env, plan, out_dir, rep.job_id, paths)
+    # An invalid point is no result: no result file carries its numbers.
+    published = [r for r in rows if r.get("valid") is not False]
+    if rep.exit_code in (cr.EXIT_OK, cr.EXIT_BENCHMARK, cr.EXIT_INVALID) and published:
+        files += _write_results(published, recipe, env, plan, out_dir, rep.job_id, paths)
+    if summary is not None:
+        files += ci_evals.gather(rep, summary.eval, recipe, result_labels(recipe, env), int(plan.get("total_nodes") or 1), out_dir)
 
     rep.provenance_doc = prov
     if opts.baseline and rep.exit_code == cr.EXIT_OK:

@@ -9,14 +9,14 @@ import os
 from inferx_slurm.results.baseline import DEFAULT_THRESHOLDS, parse_thresholds
 from inferx_slurm.ci.env import parse_sets
 from inferx_slurm.ci.run import CIOptions, publish, run_ci, run_ci_remote
-from inferx_slurm.commands.argtypes import add_site_arg
+from inferx_slurm.commands.argtypes import add_eval_args, add_site_arg, eval_sets
 from inferx_slurm.commands.output import stdout_reporter
 from inferx_slurm.commands.remote import add_remote_args, remote_from_args
 
 
 def run(args: argparse.Namespace) -> int:
     opts = CIOptions(
-        recipe=args.recipe, sets=parse_sets(args.set), baseline=args.baseline,
+        recipe=args.recipe, sets={**eval_sets(args), **parse_sets(args.set)}, baseline=args.baseline,
         thresholds=parse_thresholds(args.threshold), results_dir=args.results_dir, out_dir=args.out_dir,
         archive_max_bytes=int(args.archive_max_mb * (1 << 20)), poll_s=args.poll, site=args.site, report=args.report,
     )
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run RECIPE with overrides from the CI environment (InferenceX variable names: MODEL, IMAGE, ISL, OSL, "
         "CONC_LIST, FRAMEWORK, PREFILL_*/DECODE_*, RESULT_FILENAME, ...) and --set, wait, and write per-point result JSONs "
         "in InferenceX's format, LOGS/, multinode_server_logs.tar.gz, the $GITHUB_STEP_SUMMARY report and $GITHUB_OUTPUT keys. Exit: 0 ok, 2 recipe/environment, "
-        "3 infrastructure, 4 engine, 5 regression against --baseline, 6 benchmark client, 1 internal.",
+        "3 infrastructure, 4 engine, 5 regression against --baseline, 6 benchmark client, 7 accuracy below an eval threshold, 1 internal.",
     )
     p.add_argument("recipe", metavar="RECIPE", help="recipe file (.yaml/.json)")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
@@ -51,5 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between status polls (default 2)")
     p.add_argument("--report", metavar="FILE", help="also write the run's report (rows, checks, diagnosis, provenance) as JSON to FILE")
     add_site_arg(p)
+    add_eval_args(p)
     add_remote_args(p)
     p.set_defaults(func=run)

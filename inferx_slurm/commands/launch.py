@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from inferx_slurm.commands.argtypes import add_site_arg
+from inferx_slurm.commands.argtypes import add_eval_args, add_site_arg, eval_sets
 from inferx_slurm.commands.output import stderr_reporter
 from inferx_slurm.commands.remote import add_remote_args, remote_from_args
 from inferx_slurm.job.deployment import build_deployment
@@ -18,16 +18,23 @@ from inferx_slurm.job.paths import JobPaths, SweepPaths
 from inferx_slurm.job.phases import Phase
 from inferx_slurm.job.submit import build_for_submit, check_deployment, default_results_dir, submit_deployments
 from inferx_slurm.recipe.schema import Recipe
-from inferx_slurm.results.table import format_table, served_line
+from inferx_slurm.results.table import format_table, served_line, validity_lines
+from inferx_slurm.results.validity import EXIT_INVALID, invalid_rows
 from inferx_slurm.sweeps.expand import expand
 from inferx_slurm.sweeps.packing import hms, pack_seconds
 from inferx_slurm.sweeps.state import done_points, format_progress, progress
 from inferx_slurm.sweeps.state import rows as sweep_rows
 from inferx_slurm.sweeps.submit import PackedJob, fit_deployments, plan_sweep, submit_sweep, sweep_mode
+from inferx_slurm.evals.results import failure_line, failures
+from inferx_slurm.evals.results import format_table as eval_table
+from inferx_slurm.recipe.evals import require_eval_section
 
 
 def run(args: argparse.Namespace) -> int:
     recipe = Recipe.load(args.recipe, site=args.site)
+    if sets := eval_sets(args):
+        require_eval_section(recipe.eval, sets)
+        recipe = recipe.with_overrides(sets)
     mode = "packed" if args.pack else args.mode
     if recipe.sweep is not None or mode or args.resume:
         return _run_sweep(args, recipe, mode)
@@ -138,9 +145,10 @@ def _wait_sweep(root: Path, handles: list) -> int:
             rc = 1
             diag = st.diagnosis or f"ended {st.slurm_state} before it ran (phase {st.phase.value})"
             print(f"{h.results_dir.name} FAILED:\n{diag}", file=sys.stderr, flush=True)
-    print(format_table(sweep_rows(root)))
+    rows = sweep_rows(root)
+    print(format_table(rows))
     print(f"results: {root}/*/{JobPaths.SUMMARY}; re-run with --resume {root} to run what is not done")
-    return rc
+    return rc or (EXIT_INVALID if invalid_rows(rows) else 0)
 
 
 def _wait_all(handles: list) -> int:
@@ -157,7 +165,17 @@ def _wait_all(handles: list) -> int:
                 summary = h.wait(on_status=lambda st, h=h: print(f"job {h.job_id}: {st.phase.value} ({st.slurm_state})", flush=True))
                 print(format_table(summary["rows"]))
                 print(served_line(summary))
+                for line in validity_lines(summary):
+                    print(line)
+                if summary.get("eval"):
+                    print(eval_table(summary["eval"]))
+                for t in failures(summary.get("eval")):
+                    print(failure_line(t), file=sys.stderr)
+                    rc = 1
                 print(f"results: {h.paths.summary}")
+                if invalid_rows(summary["rows"]):
+                    print(f"job {h.job_id}: {len(invalid_rows(summary['rows']))} invalid point(s): not results", file=sys.stderr, flush=True)
+                    rc = rc or EXIT_INVALID
             except RunError as e:
                 print(f"job {h.job_id} FAILED:\n{e}", file=sys.stderr, flush=True)
                 print(f"logs kept in {h.paths.logs}", file=sys.stderr)
@@ -176,13 +194,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("recipe", metavar="RECIPE", help="recipe file (.yaml/.json)")
     p.add_argument("--dry-run", action="store_true", help="print what would be submitted and run; submit nothing")
-    p.add_argument("--wait", action="store_true", help="wait for the run, print the results table, exit non-zero on failure")
+    p.add_argument("--wait", action="store_true", help="wait for the run, print the results table, exit non-zero on failure "
+                   f"({EXIT_INVALID} when it finished but some point is invalid)")
     p.add_argument("--force", action="store_true",
                    help="run benchmark points beyond a role's KV capacity (refused, or skipped in a sweep, without it)")
     p.add_argument("--results-dir", metavar="DIR", help="where results go (default: results/NAME-TIMESTAMP)")
     p.add_argument("--mode", choices=["array", "jobs", "packed"], help="how a sweep goes to Slurm (default: the recipe's sweep.mode)")
     p.add_argument("--pack", action="store_true", help="same as --mode packed: deployments one after another in one allocation")
     add_site_arg(p)
+    add_eval_args(p)
     p.add_argument("--resume", metavar="ROOT", help="a sweep's results root: run only the points not complete there")
     add_remote_args(p)
     p.set_defaults(func=run)

@@ -8,7 +8,10 @@ import sys
 
 from inferx_slurm.results import provenance
 from inferx_slurm.errors import InferxError
-from inferx_slurm.results.table import LONG_COLUMNS, LONG_DELTA_METRICS, columns_for, compare, format_table, load_summary, served_line
+from inferx_slurm.evals.results import compare as compare_evals
+from inferx_slurm.evals.results import format_table as eval_table
+from inferx_slurm.results.table import (LONG_COLUMNS, LONG_DELTA_METRICS, columns_for, compare, format_table, load_summary, served_line,
+                                        validity_lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
         base = load_summary(args.compare)
         print(f"{summary.get('name')} vs {base.get('name')} (new vs base; ok = better, !! = worse)")
         print(compare(base, summary, LONG_DELTA_METRICS if args.long else None))
+        if acc := compare_evals(base.get("eval"), summary.get("eval")):
+            print(f"accuracy (score change, new vs base)\n{acc}")
         for d in provenance.differences(provenance.load(args.compare), provenance.load(args.dir)):
             print(f"warning: runs differ in {d}", file=sys.stderr)
         return 0
@@ -41,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
     columns = columns_for([c.strip() for c in args.columns.split(",") if c.strip()]) if args.columns else None
     print(format_table(summary.get("rows", []), LONG_COLUMNS if args.long else columns))
     print(served_line(summary))
+    for line in validity_lines(summary):
+        print(line)
+    if summary.get("eval"):
+        print(eval_table(summary["eval"]))
     print("\n".join(provenance.format_lines(provenance.load(args.dir))))
     return 0
 

@@ -10,7 +10,9 @@ One module per backend (`vllm`, `sglang`, `trtllm`, `mocker`), each with the sam
 - ``PREFLIGHT_NEEDS``, ``KV_OVER_NIXL``: what a worker must import before it loads weights;
 - ``engine_memory(recipe, args)``: the memory settings its arguments (and defaults) give;
 - ``PROGRESS_METRICS``, ``STARTED_METRICS``, ``DONE_METRICS``, ``SPEC_ACCEPTED``,
-  ``SPEC_DRAFTS``: its own server's Prometheus counters.
+  ``SPEC_DRAFTS``: its own server's Prometheus counters;
+- ``KV_TRANSFER``, ``KV_CAPACITY``: the series that prove a KV transfer and give the KV
+  cache's size (`kv_metrics.py`); None: the engine reports none.
 
 This module maps a recipe's backend to its module and builds what the rest of the package asks.
 """
@@ -21,6 +23,7 @@ from types import ModuleType
 from typing import Optional
 
 from inferx_slurm.engines import mocker, sglang, trtllm, vllm
+from inferx_slurm.engines.kv_metrics import KVCapacityMetric, KVTransferMetrics
 from inferx_slurm.engines.common import EngineArg, NodeCommand, flag_argv, gpu_pinning, merge_args, own_server, worker_port
 from inferx_slurm.planning.memory import EngineMemory
 from inferx_slurm.planning.placement import Plan, WorkerPlacement
@@ -91,6 +94,14 @@ def engine_memory(recipe: Recipe, plan: Plan, role: str) -> Optional[EngineMemor
     w = plan.role_workers(role)[0]
     args = {a.flag: a.value for a in node_commands(recipe, plan, w)[0].args}
     return backend_module(recipe).engine_memory(recipe, args)
+
+
+def kv_transfer_metrics(recipe: Recipe) -> Optional[KVTransferMetrics]:
+    return backend_module(recipe).KV_TRANSFER
+
+
+def kv_capacity_metric(recipe: Recipe) -> Optional[KVCapacityMetric]:
+    return backend_module(recipe).KV_CAPACITY
 
 
 def _metrics(name: str) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from inferx_slurm.engines.common import block_size
+from inferx_slurm.engines.kv_metrics import KVCapacityMetric, KVTransferMetrics
 from inferx_slurm.planning.memory import EngineMemory
 from inferx_slurm.planning.placement import Plan, WorkerPlacement
 from inferx_slurm.recipe.sections import ArgValue
@@ -26,6 +27,9 @@ STARTED_METRICS: tuple[str, ...] = ()
 DONE_METRICS: tuple[str, ...] = ()
 SPEC_ACCEPTED: tuple[str, ...] = ()
 SPEC_DRAFTS: tuple[str, ...] = ()
+# Simulated: no KV moves and no KV cache to report.
+KV_TRANSFER: Optional[KVTransferMetrics] = None
+KV_CAPACITY: Optional[KVCapacityMetric] = None
 
 
 def server_argv(recipe: Recipe) -> Optional[list[str]]:

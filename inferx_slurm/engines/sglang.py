@@ -16,6 +16,7 @@ from inferx_slurm.engines.common import (
     scenario_len,
     worker_port,
 )
+from inferx_slurm.engines.kv_metrics import KVCapacityMetric, KVTransferMetrics
 from inferx_slurm.planning.memory import EngineMemory
 from inferx_slurm.planning.placement import Plan, WorkerPlacement
 from inferx_slurm.planning.ports import PortVar
@@ -45,6 +46,10 @@ STARTED_METRICS = ("sglang:prompt_tokens_total",)
 DONE_METRICS: tuple[str, ...] = ()
 SPEC_ACCEPTED: tuple[str, ...] = ()
 SPEC_DRAFTS: tuple[str, ...] = ()
+# No KV-transfer counters are known for SGLang's disaggregation: transfers are "not measured".
+KV_TRANSFER: Optional[KVTransferMetrics] = None
+# The KV pool's size in tokens, as a gauge and in the scheduler's start-up line.
+KV_CAPACITY = KVCapacityMetric(metric="sglang:max_total_num_tokens", log_pattern=r"max_total_num_tokens=(\d+)")
 
 
 def server_argv(recipe: Recipe) -> Optional[list[str]]:

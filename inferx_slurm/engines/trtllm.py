@@ -6,6 +6,7 @@ from typing import Optional
 
 from inferx_slurm.engines.common import arg_number, block_size, cuda_graph_sizes, kv_dtype_bytes, scenario_len
 from inferx_slurm.errors import RecipeError
+from inferx_slurm.engines.kv_metrics import KVCapacityMetric, KVTransferMetrics
 from inferx_slurm.planning.memory import EngineMemory
 from inferx_slurm.planning.placement import Plan, WorkerPlacement
 from inferx_slurm.recipe.sections import ArgValue
@@ -33,6 +34,9 @@ STARTED_METRICS: tuple[str, ...] = ()
 DONE_METRICS: tuple[str, ...] = ()
 SPEC_ACCEPTED: tuple[str, ...] = ()
 SPEC_DRAFTS: tuple[str, ...] = ()
+# No KV-transfer or KV-capacity series are known for TensorRT-LLM here: "not measured".
+KV_TRANSFER: Optional[KVTransferMetrics] = None
+KV_CAPACITY: Optional[KVCapacityMetric] = None
 
 
 def server_argv(recipe: Recipe) -> Optional[list[str]]:

@@ -16,6 +16,7 @@ from inferx_slurm.engines.common import (
     scenario_len,
     worker_port,
 )
+from inferx_slurm.engines.kv_metrics import KVCapacityMetric, KVTransferMetrics, Series
 from inferx_slurm.planning.memory import EngineMemory
 from inferx_slurm.planning.placement import Plan, WorkerPlacement
 from inferx_slurm.planning.ports import PortVar
@@ -49,6 +50,24 @@ DONE_METRICS = ("vllm:request_success_total",)
 # Speculative decoding: mean acceptance length = 1 + accepted / drafts.
 SPEC_ACCEPTED = ("vllm:spec_decode_num_accepted_tokens_total",)
 SPEC_DRAFTS = ("vllm:spec_decode_num_drafts_total",)
+# KV transfer, on the decode worker (NixlConnector records on the reading side). Bytes are a
+# histogram: its count is the successful transfers, its sum the bytes. External prefix-cache
+# hits are counted when a request is scheduled, before its blocks load, so they prove nothing
+# alone; the prompt tokens by source say where each prompt token's KV really came from.
+KV_TRANSFER = KVTransferMetrics(
+    transfers=Series("vllm:nixl_bytes_transferred_count"),
+    failed=Series("vllm:nixl_num_failed_transfers_total"),
+    bytes=Series("vllm:nixl_bytes_transferred_sum"),
+    external_hits=Series("vllm:external_prefix_cache_hits_total"),
+    prompt_local=Series("vllm:prompt_tokens_by_source_total", ("source", "local_compute")),
+    prompt_external=Series("vllm:prompt_tokens_by_source_total", ("source", "external_kv_transfer")),
+)
+# The KV cache as the engine sized it, one series per engine (DP rank); older builds lack the
+# tokens label and give blocks and block size.
+KV_CAPACITY = KVCapacityMetric(
+    metric="vllm:cache_config_info", tokens_label="kv_cache_size_tokens", blocks_labels=("num_gpu_blocks", "block_size"),
+    log_pattern=r"(?:GPU|CPU) KV cache size: ([\d,]+) tokens",
+)
 
 
 def server_argv(recipe: Recipe) -> Optional[list[str]]:

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict
 from inferx_slurm.errors import RecipeError
 from inferx_slurm.job.launch import HOST, IMAGE, JOB_ID
 from inferx_slurm.job.paths import JobPaths
-from inferx_slurm.job.render import RenderedJob, render, srun_argv
+from inferx_slurm.job.render import RenderedJob, render
+from inferx_slurm.job.srun import srun_argv
 from inferx_slurm.job.sbatch import executor_params
 from inferx_slurm.planning.feasibility import MemoryPlan, footprint, plan_memory
 from inferx_slurm.planning.footprint import Footprint
@@ -26,6 +27,7 @@ from inferx_slurm.planning.kv_layout import layout_error
 from inferx_slurm.planning.placement import Plan, plan_recipe
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.sections import ContainerRuntime
+from inferx_slurm.sharedfs.eval_data import serve_eval_staged
 
 # Model path -> its footprint (None: no local checkpoint and no size in the recipe), shared by
 # the deployments of one launch so each checkpoint's headers are read once.
@@ -60,6 +62,8 @@ def launch_plan(recipe: Recipe, plan: Plan, job: RenderedJob) -> LaunchPlan:
     first = ["infra"] if "infra" in kinds else ["install"] if "install" in kinds else ["frontend", "worker"]
     if "node_cache" in kinds:
         first = ["node_cache", *(k for k in first if k not in ("frontend", "worker"))]
+    if "fabric" in kinds:  # the fabric preflight runs before any engine loads weights
+        first = [k for k in first if k != "worker"]
     pyxis = recipe.container.runtime is ContainerRuntime.pyxis and bool(recipe.container.image)
     steps = [StepLaunch(name=st.name, kind=st.kind, node=st.node,
                         argv=srun_argv(recipe, st, HOST, job.job_dir, IMAGE if pyxis else None, job_id=JOB_ID))
@@ -82,7 +86,7 @@ class Deployment(BaseModel):
     job: RenderedJob
     sbatch: dict[str, Any]  # submitit's SlurmExecutor parameters
     launch: LaunchPlan
-    staging: dict[str, str]  # source path -> staged path, for each model staging copies first
+    staging: dict[str, str]  # source path -> staged path, for each model (and eval dataset) staging copies first
 
     @property
     def name(self) -> str:
@@ -99,7 +103,7 @@ def build_deployment(recipe: Recipe, job_dir: str | Path, *, engine: Optional[Re
     when they serve more points than this one (a sweep's shared start). The memory plan is of
     the source checkpoint: staging has not copied it yet when launch checks it."""
     staging: dict[str, str] = {}
-    served = serve_staged(recipe, staging)
+    served = serve_eval_staged(serve_staged(recipe, staging), staging)
     served_engine = serve_staged(engine, staging) if engine is not None else served
     plan = plan_recipe(served)
     cache = footprints if footprints is not None else {}

@@ -13,7 +13,8 @@ from inferx_slurm.job.deployment import Deployment, build_deployment, image_dir
 from inferx_slurm.job.interpreter import check_interpreter, elf_arch, node_python
 from inferx_slurm.job.paths import JobPaths
 from inferx_slurm.job import node_cache
-from inferx_slurm.job.render import COPIED_AS_IS, shell_join, srun_argv
+from inferx_slurm.job.render import COPIED_AS_IS, shell_join
+from inferx_slurm.job.srun import srun_argv
 from inferx_slurm.job.sbatch import sbatch_text
 from inferx_slurm.planning.placement import format_plan
 from inferx_slurm.recipe.schema import Recipe

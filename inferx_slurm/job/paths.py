@@ -14,6 +14,8 @@ A job dir, as `launch` prepares it and the driver fills it::
     scripts/ logs/ submitit/ provenance/               step scripts, step logs, submitit's files, worker reports
     discovery/ infra/ cache/                           file discovery, etcd/NATS state, per-node compile caches
     ports/ node-cache/                                 the ports each step took at start, each node's weight copy
+    fabric/                                            the NIXL fabric preflight's record of each node's side
+    eval/                                              each eval task's results and samples (lm-eval's layout)
     bench/SCENARIO/cCONCURRENCY/                       one benchmark point: client.log and aiperf's export
 """
 
@@ -51,6 +53,8 @@ class JobPaths:
     CACHE = "cache"
     PORTS = "ports"
     NODE_CACHE = "node-cache"
+    FABRIC = "fabric"
+    EVAL = "eval"
     BENCH = "bench"
     CLIENT_LOG = "client.log"
 
@@ -88,6 +92,8 @@ class JobPaths:
     cache = _path(CACHE)
     ports = _path(PORTS)
     node_cache = _path(NODE_CACHE)
+    fabric = _path(FABRIC)
+    eval = _path(EVAL)
 
     def file(self, rel: str) -> Path:
         """A path given relative to the job dir (a rendered file, a step's script)."""

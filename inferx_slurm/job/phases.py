@@ -13,6 +13,7 @@ class Phase(str, Enum):
     starting = "starting"
     ready = "ready"
     benchmarking = "benchmarking"
+    evaluating = "evaluating"  # the recipe's eval tasks, after the benchmark points (or alone)
     done = "done"
     failed = "failed"
 
@@ -34,6 +35,9 @@ class FaultKind(str, Enum):
     node_cache = "node_cache"  # a node could not copy the weights where model.node_cache requires it
     time_limit = "time_limit"  # stopped before Slurm's limit, with partial results
     client = "client"  # the benchmark client crashed or wrote nothing
+    fabric = "fabric"  # the NIXL fabric preflight: a prefill node could not move KV bytes to a decode node
+    engine_fatal = "engine_fatal"  # an engine's log said it cannot come up, before its process exited
+    eval = "eval"  # the eval could not finish (the endpoint stopped answering, its data went away)
     internal = "internal"  # a bug in the driver
     not_run = "not_run"  # a packed deployment an earlier one's fault kept from running
 
@@ -50,6 +54,7 @@ class EventKind(str, Enum):
     nodes = "nodes"  # hosts and addresses resolved, nodes.env written
     infra_ready = "infra ready"
     installed = "installed"
+    fabric_ok = "fabric ok"  # every prefill node moved bytes to every decode node over NIXL
     step_started = "step started"  # one srun step launched
     node_cache_warning = "node cache warning"  # a node serves from the shared stage instead of its copy
     weights_ready = "weights ready"  # every node's copy settled (model.node_cache)
@@ -59,7 +64,12 @@ class EventKind(str, Enum):
     ready = "ready"
     engines_shared = "engines shared"  # a packed deployment benchmarks on engines already up
     benchmark = "benchmark"  # a benchmark point started
+    invalid_point = "invalid point"  # a point whose KV transfers or tokens prove it is no result
     point_done = "point done"
+    kv_capacity_not_planned = "kv capacity not planned"  # no memory plan to hold the engines' KV capacity against
+    kv_capacity_warning = "kv capacity warning"  # an engine sized its KV cache far from the plan
+    eval = "eval"  # an eval task started
+    eval_done = "eval done"
     torn_down = "torn down"
     done = "done"
     failed = "failed"

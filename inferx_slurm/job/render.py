@@ -19,15 +19,16 @@ from pydantic import BaseModel, ConfigDict
 
 from inferx_slurm.engines import node_commands, preflight_needs, startup_timeout
 from inferx_slurm.engines.common import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags, http_port
-from inferx_slurm.job import node_cache
+from inferx_slurm.job import fabric, node_cache
 from inferx_slurm.job.paths import JobPaths
+from inferx_slurm.planning import fabric as fabric_plan
 from inferx_slurm.planning.placement import PORTS_PER_WORKER, Plan, WorkerPlacement, plan_recipe
 from inferx_slurm.planning.ports import PORTS_DIR, PORTS_SCRIPT, WORKER_BLOCK, PortVar, port_or_ref, ports_file, request
 from inferx_slurm.recipe.profiles import PROFILES
 from inferx_slurm.recipe.sections import ContainerRuntime, Discovery, FrontendServer
 from inferx_slurm.recipe.schema import Recipe
 
-StepKind = Literal["infra", "install", "frontend", "worker", "monitor", "node_cache"]
+StepKind = Literal["infra", "install", "fabric", "frontend", "worker", "monitor", "node_cache"]
 _PLACEHOLDERS = (LEADER_ADDR, INFRA_ADDR, node_cache.NODE_MODEL, *(v.ref for v in PortVar))
 _PH_RE = re.compile("(" + "|".join(re.escape(p) for p in _PLACEHOLDERS) + ")")
 
@@ -152,16 +153,19 @@ def base_env(recipe: Recipe, job_dir: str) -> dict[str, str]:
     return env
 
 
+def role_env(recipe: Recipe, role: str, job_dir: str) -> dict[str, str]:
+    """What a role's workers export (and the fabric preflight runs with)."""
+    return {**base_env(recipe, job_dir), **recipe.engine.env, **recipe.engine.role(role).env}
+
+
 def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[NodeCommand], job_dir: str) -> str:
-    env = base_env(recipe, job_dir)
-    env.update(recipe.engine.env)
-    env.update(recipe.engine.role(w.role).env)
+    env = role_env(recipe, w.role, job_dir)
     cache_root = str(JobPaths(job_dir).cache)
     cache = "\n".join([
         *(f'export {var}={shell_word(cache_root)}/"$(hostname)"/{var.lower()}' for var in PROFILES[recipe.profile].per_node_cache_vars),
         *node_cache.serve_lines(recipe, job_dir, w.name),
     ])
-    setup = "\n".join(f"source {shell_word(s)}" for s in recipe.setup_scripts) or ":"
+    setup = setup_sources(recipe)
     cases = []
     for c in cmds:
         lines = [f"  {c.node_rank})  # plan node {c.node}" + (" (leader)" if c.leader else "")]
@@ -173,7 +177,7 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
             f'    echo "[inferx] {w.name} node_rank=$node_rank host=$(hostname) '
             f'gpus=${{CUDA_VISIBLE_DEVICES:-unset}}{amd} start=$(date +%s.%N)"'
         )
-        lines.append(f"    exec {shell_join(c.argv)} ;;")
+        lines.append(f"    reap_group; exec {shell_join(c.argv)} ;;")
         cases.append("\n".join(lines))
     return fill(
         template("worker.sh"),
@@ -191,6 +195,36 @@ def worker_script(recipe: Recipe, plan: Plan, w: WorkerPlacement, cmds: list[Nod
         pid_dir=shell_word(str(JobPaths(job_dir).logs)),
         cases="\n".join(cases),
     )
+
+
+def setup_sources(recipe: Recipe) -> str:
+    return "\n".join(f"source {shell_word(s)}" for s in recipe.setup_scripts) or ":"
+
+
+def fabric_steps(recipe: Recipe, plan: Plan, job_dir: str, files: dict[str, str]) -> list[Step]:
+    """The NIXL fabric preflight (planning/fabric.py): a target on every decode node, an
+    initiator on every prefill node, each with its role's environment."""
+    if not fabric_plan.enabled(recipe, plan):
+        return []
+    fp = fabric_plan.plan_pairs(plan)
+    # Discovery is not theirs to reach (and its addresses are the workers' variables).
+    no_discovery = set(discovery_env(recipe, job_dir))
+    files[fabric_plan.PROBE_SCRIPT] = resources.files("inferx_slurm").joinpath("runtime", "fabric_probe.py").read_text()
+    steps = []
+    for side in fabric_plan.Side:
+        name = f"fabric-{side.value}.sh"
+        files[JobPaths.script_rel(name)] = fill(
+            template("fabric.sh"), side=side.value, role=side.role, script_name=name,
+            what="listens for every prefill node's transfer" if side is fabric_plan.Side.target else
+            "writes into every decode node's target and reads it back",
+            nodes_env=shell_word(str(JobPaths(job_dir).nodes_env)),
+            env_exports=exports({k: v for k, v in role_env(recipe, side.role, job_dir).items() if k not in no_discovery}),
+            setup_sources=setup_sources(recipe), command=fabric.probe_line(recipe, fp, side, job_dir),
+            ports=fabric.port_line(recipe, job_dir) if side is fabric_plan.Side.target else ":",
+        )
+        steps += [Step(name=fabric_plan.step_name(side, n), kind="fabric", role=side.role, node=n, script=JobPaths.script_rel(name),
+                       startup_timeout_s=fabric_plan.STEP_TIMEOUT_S) for n in fp.nodes(side)]
+    return steps
 
 
 IDENTITY_PROBE = JobPaths.script_rel("identity_probe.py")
@@ -339,6 +373,7 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
         )
         steps.append(Step(name="frontend", kind="frontend", node=fe_node, script=script("frontend.sh"), startup_timeout_s=120))
 
+    steps += fabric_steps(recipe, plan, job_dir, files)
     files[IDENTITY_PROBE] = identity_probe_source()
     files[PORTS_SCRIPT] = resources.files("inferx_slurm").joinpath("runtime", "ports.py").read_text()
     engine = node_cache.engine_recipe(recipe)  # with the node cache on, engines read their node's copy
@@ -370,64 +405,3 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
         for node in range(plan.total_nodes):
             steps.append(Step(name=f"gpumon.node{node}", kind="monitor", node=node, gpus=plan.gpus_per_node, script=script("gpumon.sh")))
     return RenderedJob(job_dir=job_dir, files=files, steps=steps, env={"INFERX_JOB_DIR": job_dir})
-
-
-def container_name(job_id: str, node: int) -> str:
-    """One named container per node and job: pyxis creates it on the node's first step and
-    every later step of the job on that node reuses it (unnamed ones are unpacked per step)."""
-    return f"inferx-{job_id}-n{node}"
-
-
-# Steps that run in the engine's container; discovery and the GPU sampler run on the host:
-# the engine image has neither etcd nor NATS, and the sampler needs only a host Python.
-CONTAINER_STEPS = ("install", "frontend", "worker")
-
-
-def container_mounts(recipe: Recipe, job_dir: str) -> list[str]:
-    """What every container step sees at the same path as the host: the job dir (scripts, logs,
-    results), the staged models, the setup scripts' dirs, and the recipe's own mounts."""
-    paths = [job_dir]
-    if recipe.model.stage_dir:
-        paths.append(recipe.model.stage_dir)
-    paths += node_cache.mounts(recipe)
-    paths += [str(PurePosixPath(s).parent) for s in recipe.setup_scripts]
-    mounts = [f"{p}:{p}" for p in dict.fromkeys(paths)]
-    return mounts + [m for m in recipe.container.mounts if m not in mounts]
-
-
-def pyxis_flags(recipe: Recipe, step: Step, job_dir: str, image: str, job_id: str) -> list[str]:
-    c = recipe.container
-    flags = [f"--container-image={image}", f"--container-name={container_name(job_id, step.node)}",
-             "--container-mounts=" + ",".join(container_mounts(recipe, job_dir))]
-    flags.append("--container-mount-home" if c.mount_home else "--no-container-mount-home")
-    if c.workdir:
-        flags.append(f"--container-workdir={c.workdir}")
-    if c.writable is not None:
-        flags.append("--container-writable" if c.writable else "--container-readonly")
-    if c.env:
-        flags.append("--container-env=" + ",".join(c.env))
-    return flags
-
-
-def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Optional[str] = None,
-              job_id: str = "JOBID") -> list[str]:
-    """The srun command that starts one step on its node."""
-    # Every step overlaps: engines need all of a node's CPUs and memory, which a step sized
-    # by --exact would confine them away from. Worker steps see the node's GPUs and the
-    # worker script pins its own (CUDA_VISIBLE_DEVICES from the plan); infra and frontend
-    # steps see none.
-    gpus = recipe.gpus_per_node if step.gpus else 0
-    argv = [
-        "srun", "--overlap", "--mem=0", f"--gpus-per-node={gpus}", "--nodes=1", "--ntasks=1", f"--nodelist={host}",
-        f"--job-name={step.name}", f"--output={JobPaths(job_dir).log(step.name)}", "--open-mode=append",
-        "--kill-on-bad-exit=1",
-    ]
-    if recipe.container.runtime is ContainerRuntime.pyxis and image and step.kind in CONTAINER_STEPS:
-        argv += pyxis_flags(recipe, step, job_dir, image, job_id)
-    argv += list(recipe.slurm.srun_args)
-    argv += ["bash", str(JobPaths(job_dir).file(step.script))]
-    if step.kind == "worker":
-        argv.append(str(step.node_rank))
-    elif step.kind == "node_cache":
-        argv.append(str(step.node))
-    return argv

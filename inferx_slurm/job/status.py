@@ -45,6 +45,7 @@ class Status(BaseModel):
     fault: Optional[FaultKind] = None
     diagnosis: Optional[str] = None
     fault_at: Optional[float] = None
+    invalid_points: Optional[list[str]] = Field(None, description="why each invalid point is no result (phase done)")
     slurm_state: Optional[SlurmState] = Field(None, description="Slurm's state, added by JobHandle.status (not in the file)")
 
     @classmethod
@@ -75,6 +76,9 @@ class Summary(BaseModel):
     total_gpus: int
     rows: list[dict[str, Any]] = Field(default_factory=list)
     served: dict[str, Any] = Field(default_factory=dict)
+    invalid_points: int = Field(0, description="rows whose `valid` is false (results/validity.py)")
+    kv_capacity: list[dict[str, Any]] = Field(default_factory=list, description="each worker's KV capacity, engine's vs plan's")
+    eval: Optional[dict[str, Any]] = Field(None, description="the eval block (runtime/evals.py), when the recipe evaluates")
 
     @classmethod
     def read(cls, path: Path) -> "Summary":

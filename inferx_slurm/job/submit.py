@@ -25,6 +25,7 @@ from inferx_slurm.job.sbatch import submit_to_slurm
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.sections import ContainerRuntime, Discovery, FrontendServer
 from inferx_slurm.reporting import Reporter, given
+from inferx_slurm.sharedfs.eval_data import check_eval_data
 from inferx_slurm.results import provenance
 
 
@@ -41,7 +42,7 @@ def require_sbatch(env: dict[str, str]) -> None:
 
 def check_deployment(dep: Deployment, *, force: bool = False) -> None:
     """Refuse, before anything is staged or submitted, prefill and decode KV layouts that differ,
-    a role with no KV room, unless forced a benchmark point beyond a role's KV capacity, and a
+    a role with no KV room, an eval dataset that is not there, unless forced a benchmark point beyond a role's KV capacity, and a
     driver interpreter the nodes cannot run."""
     from inferx_slurm.planning.feasibility import require_fit
 
@@ -49,6 +50,7 @@ def check_deployment(dep: Deployment, *, force: bool = False) -> None:
         raise dep.kv_layout
     require_fit(dep.source, force=force, mp=dep.memory)
     check_interpreter(dep.recipe)
+    check_eval_data(dep.source)
 
 
 def submit(recipe: Recipe, results_dir: Optional[Path] = None, *, env: Optional[dict[str, str]] = None,
@@ -135,7 +137,8 @@ def prepare(dep: Deployment) -> Path:
 
 
 def stage(dep: Deployment, reporter: Optional[Reporter] = None) -> None:
-    """Copy each model the deployment serves to where it serves it from (model.stage_dir), once."""
+    """Copy each model the deployment serves (and each eval dataset) to where it serves it from
+    (model.stage_dir, eval.stage_dir), once."""
     if not dep.staging:
         return
     from inferx_slurm.sharedfs.locks import wait_notice

@@ -29,6 +29,7 @@ class PortVar(str, Enum):
     kv_side_channel = "INFERX_KV_SIDE_CHANNEL_PORT"
     rendezvous = "INFERX_RENDEZVOUS_PORT"
     kv_events = "INFERX_KV_EVENTS_PORT"
+    fabric = "INFERX_FABRIC_PORT"  # a fabric preflight target's listener (runtime/fabric_probe.py reads it by name)
 
     @property
     def ref(self) -> str:

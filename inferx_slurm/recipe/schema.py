@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from inferx_slurm.errors import RecipeError
+from inferx_slurm.recipe.evals import EvalSpec
 from inferx_slurm.recipe.topology import Topology
 from inferx_slurm.recipe.sections import (
     Backend, BenchmarkSpec, ContainerSpec, EngineSpec, ExpectSpec, FrontendServer, FrontendSpec, ModelSpec, PlacementSpec,
@@ -50,6 +51,7 @@ class Recipe(Strict):
     expect: ExpectSpec = Field(default_factory=ExpectSpec, description="identity pins every worker checks before loading weights")
     speculative: Optional[SpeculativeSpec] = Field(None, description="speculative decoding: method, draft model, tokens per step")
     sweep: Optional[SweepSpec] = None
+    eval: Optional[EvalSpec] = Field(None, description="accuracy tasks run on the deployment's engines, with thresholds")
     # The file the recipe was loaded from, for provenance (hash and git revision of its repo).
     _source: Optional[str] = PrivateAttr(default=None)
     # Where each site-settable field came from (recipe / site FILE / default), for plan and dry-run.

@@ -252,6 +252,11 @@ class EngineSpec(Strict):
         "(disaggregated vllm/sglang)"
     )
     startup_timeout_s: Optional[float] = Field(None, gt=0, description="time for workers to register; default per backend")
+    fabric_preflight: bool = Field(
+        True, description="before any weights load, move a small NIXL transfer between every prefill and every decode "
+        "node with the workers' UCX settings, and fail in seconds naming the broken pair; applies when the engines "
+        "move KV over NIXL (disaggregated, NixlConnector); false skips it"
+    )
 
     @field_validator("args")
     @classmethod
@@ -358,6 +363,18 @@ class Scenario(Strict):
         return f"isl{self.isl}-osl{self.osl}"
 
 
+class ValidityLimits(Strict):
+    """When a finished point is no result: beyond these it is marked invalid, not reported as
+    throughput (`results/validity.py` has every rule)."""
+
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="largest share of a point's requests that may fail")
+    # Room for an engine that computes a prompt's last token itself; a fallback recomputes all.
+    max_recomputed_share: float = Field(
+        0.01, ge=0, le=1,
+        description="largest share of prompt tokens a disaggregated decode worker may compute itself instead of receiving its KV",
+    )
+
+
 class BenchmarkSpec(Strict):
     client: Literal["aiperf"] = "aiperf"
     client_command: str = Field("aiperf", description="the aiperf executable (a path when it lives in its own venv)")
@@ -371,6 +388,7 @@ class BenchmarkSpec(Strict):
     tokenizer: Optional[str] = Field(None, description="tokenizer the client counts tokens with; defaults to model.path")
     gpu_metrics_interval_s: Optional[float] = Field(1.0, gt=0, description="NVML sampling period per node; null turns sampling off")
     args: dict[str, ArgValue] = Field(default_factory=dict, description="extra client flags")
+    validity: ValidityLimits = Field(default_factory=ValidityLimits, description="when a finished point counts as invalid")
 
     @field_validator("concurrency")
     @classmethod

@@ -35,8 +35,9 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 
 def pareto_svg(series: list[tuple[str, list[dict[str, Any]]]], title: str = "") -> str:
-    """series: (label, summary rows). Rows without both metrics are left out."""
-    data = [(label, [(float(r[X_KEY]), float(r[Y_KEY]), r) for r in rows if r.get(X_KEY) and r.get(Y_KEY)]) for label, rows in series]
+    """series: (label, summary rows). Rows without both metrics, or invalid, are left out."""
+    data = [(label, [(float(r[X_KEY]), float(r[Y_KEY]), r) for r in rows
+                    if r.get(X_KEY) and r.get(Y_KEY) and r.get("valid") is not False]) for label, rows in series]
     pts = [(x, y) for _, ps in data for x, y, _ in ps]
     if not pts:
         raise ValueError("no row has both intvty and tput_per_gpu; nothing to plot")

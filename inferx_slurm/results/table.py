@@ -81,15 +81,44 @@ def columns_for(keys: list[str]) -> list[tuple[str, str, str]]:
     return [known.get(k, (k, k, "{}")) for k in keys]
 
 
+# What an invalid point still shows: its shape and request counts, no measured performance.
+SHOWN_WHEN_INVALID = {"isl", "osl", "concurrency", "num_prefill_gpu", "num_decode_gpu", "num_agg_gpu", "completed", "failed",
+                      "success_rate", "total_input_tokens", "total_output_tokens", "measured_isl", "measured_osl", "valid"}
+VALID_COLUMN = ("valid", "valid", "{}")
+
+
+def _shown(row: dict[str, Any], key: str, fmt: str) -> str:
+    if key == "valid":
+        return "INVALID" if row.get("valid") is False else "yes" if row.get("valid") else "-"
+    if row.get("valid") is False and key not in SHOWN_WHEN_INVALID:
+        return "-"
+    return _cell(row, key, fmt)
+
+
 def format_table(rows: list[dict[str, Any]], columns: Optional[list[tuple[str, str, str]]] = None) -> str:
     if not rows:
         return "(no results)"
     cols = list(columns or COLUMNS)
     if columns is None and any(r.get("num_agg_gpu") for r in rows):  # aggregated GPUs do prefill and decode
         cols.insert(5, AGG_COLUMN)
-    cells = [[h for _, h, _ in cols]] + [[_cell(r, k, f) for k, _, f in cols] for r in rows]
+    if any("valid" in r for r in rows) and VALID_COLUMN not in cols:
+        cols.append(VALID_COLUMN)
+    cells = [[h for _, h, _ in cols]] + [[_shown(r, k, f) for k, _, f in cols] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells)
+
+
+def validity_lines(summary: dict[str, Any]) -> list[str]:
+    """Under the table: why each invalid point is no result, each point's KV transfer, and
+    the engines' KV capacity beside the plan's."""
+    from inferx_slurm.results import kv_capacity, validity
+
+    rows = summary.get("rows", [])
+    out = [validity.invalid_line(r) for r in validity.invalid_rows(rows)]
+    out += [line for r in rows if (line := validity.transfer_line(r))]
+    caps = summary.get("kv_capacity") or []
+    out += kv_capacity.lines(caps) + [f"warning: {w}" for w in kv_capacity.warnings(caps)]
+    return out
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:
@@ -146,6 +175,9 @@ def compare(base: dict[str, Any], new: dict[str, Any], metrics: Optional[list[tu
         if o is None:
             continue
         cells = [str(x) for x in key(r)]
+        if r.get("valid") is False or o.get("valid") is False:  # no number to compare with or against
+            lines.append(cells + ["invalid"] * len(metrics))
+            continue
         for k, _, higher_better in metrics:
             a, b = o.get(k), r.get(k)
             if not a or b is None:

@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from inferx_slurm.benchmark.aiperf import AIPERF_EXPORT, aiperf_argv, point_row, profiling_window
+from inferx_slurm.benchmark.aiperf import AIPERF_EXPORT, aiperf_argv, asks_ignore_eos, point_row, profiling_window
 from inferx_slurm.benchmark.records import RECORDS_EXPORT, read_records
 from inferx_slurm.fsutil import read_json
 from inferx_slurm.job.paths import JobPaths
 from inferx_slurm.job.phases import EventKind, FaultKind
 from inferx_slurm.planning.ports import PortVar
-from inferx_slurm.runtime import metrics
+from inferx_slurm.runtime import kv_probe, metrics
 from inferx_slurm.runtime.energy import point_power
 from inferx_slurm.runtime.gpumon import gpu_metrics
 from inferx_slurm.runtime.steps import RunningStep
@@ -41,6 +41,7 @@ class ClientRunner:
     addrs: dict[str, str]
     steps: list[RunningStep]
     rows: list[dict[str, Any]]
+    kv_capacity: list[dict[str, Any]]
     engine_dir: Path
 
     # The Driver's: where the deployment answers, its fault checks and its records.
@@ -53,10 +54,12 @@ class ClientRunner:
 
     def __init__(self) -> None:
         self._client: Optional[subprocess.Popen] = None
+        self.kv_capacity = []
 
     def benchmark(self) -> None:
         b = self.recipe.benchmark
         tokenizer = b.tokenizer or self.recipe.model.path
+        kv = kv_probe.PointProbe(self.recipe, lambda: self._spec_urls(("decode",)))
         for scen in b.scenarios:
             for conc in b.concurrency:
                 out = self.paths.point(scen.name, conc)
@@ -64,6 +67,7 @@ class ClientRunner:
                 argv = aiperf_argv(self.recipe, scen, conc, url=self.base_url, artifact_dir=str(out), tokenizer=tokenizer)
                 self.event(EventKind.benchmark, scenario=scen.name, concurrency=conc)
                 spec_before = self._spec_counters() if self.recipe.speculative else None
+                kv.start()
                 self._run_client(argv, out, b.requests_for(conc) + b.warmup_requests)
                 export = out / AIPERF_EXPORT
                 if not export.exists():
@@ -75,6 +79,10 @@ class ClientRunner:
                                 agg_gpus=self.plan.agg_gpus, expected_requests=b.requests_for(conc))
                 if self.recipe.speculative:
                     row["acceptance_length"] = self._acceptance_length(spec_before)
+                verdict = kv.judge(row, osl=scen.osl, ignore_eos=asks_ignore_eos(argv))
+                if not verdict.valid:
+                    self.event(EventKind.invalid_point, isl=scen.isl, osl=scen.osl, concurrency=conc, why=verdict.why)
+                row.update(verdict.row_fields())
                 window = (row["benchmark_start_time_unix"], row["benchmark_end_time_unix"]) if "duration" in row else profiling_window(doc)
                 logs = JobPaths(self.engine_dir).logs
                 row.update(gpu_metrics(logs, self.hosts, *window))
@@ -85,13 +93,26 @@ class ClientRunner:
                 self.write_summary(partial=True)
                 self.event(EventKind.point_done, scenario=scen.name, concurrency=conc)
 
-    def _spec_urls(self) -> list[str]:
+    def _spec_urls(self, roles: tuple[str, ...] = ("decode", "agg")) -> list[str]:
         """Where the engines' own Prometheus metrics are: the server itself, or each worker
         leader's system port under Dynamo."""
+        return [u for w in self.plan.workers if w.role in roles and (u := self._metrics_url(w))][: 1 if self.own_server else None]
+
+    def _metrics_url(self, w: Any) -> Optional[str]:
         if self.own_server:
-            return [f"{self.base_url}/metrics"]
-        return [f"http://{self.addrs[self.hosts[w.leader]]}:{self._port(f'{w.name}.n0', PortVar.system)}/metrics"
-                for w in self.plan.workers if w.role != "prefill"]
+            return f"{self.base_url}/metrics"
+        port = self._port(f"{w.name}.n0", PortVar.system)
+        return None if port is None else f"http://{self.addrs[self.hosts[w.leader]]}:{port}/metrics"
+
+    def check_kv_capacity(self) -> None:
+        """Each worker's KV capacity as its engine sized it, beside the memory plan's."""
+        caps, note = kv_probe.capacities(self.recipe, self.plan, self._metrics_url, JobPaths(self.engine_dir).logs)
+        if note:
+            self.event(EventKind.kv_capacity_not_planned, why=note)
+        self.kv_capacity = [c.model_dump() for c in caps]
+        for c in caps:
+            if c.warning:
+                self.event(EventKind.kv_capacity_warning, warning=c.warning)
 
     def _spec_counters(self) -> Optional[tuple[float, float]]:
         """(accepted draft tokens, drafts) summed over the decoding engines; None when no engine

@@ -21,10 +21,11 @@ from inferx_slurm.planning.placement import Plan
 from inferx_slurm.planning.ports import PortVar, ports_file
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.sections import Discovery, FrontendServer
-from inferx_slurm.results import provenance
-from inferx_slurm.runtime import node_cache_serve, nodes, readiness
+from inferx_slurm.results import provenance, validity
+from inferx_slurm.runtime import evals, fabric, node_cache_serve, nodes, readiness
 from inferx_slurm.runtime.accounting import served_requests
 from inferx_slurm.runtime.client import ClientRunner
+from inferx_slurm.runtime.fatal_lines import FatalLineWatch
 from inferx_slurm.runtime.ports import read_ports
 from inferx_slurm.runtime.record import RunRecord, log
 from inferx_slurm.runtime.start import EarlyStart, launch_steps
@@ -56,6 +57,7 @@ class Driver(ClientRunner):
         self.addrs: dict[str, str] = {}
         self.started_kinds: set[str] = set()
         self.rows: list[dict[str, Any]] = []
+        self.eval: Optional[dict[str, Any]] = None
         self.t0 = early.t0 if early else time.time()
         self.record = RunRecord(self.paths, self.t0)
         self._last_node_check = 0.0
@@ -84,7 +86,9 @@ class Driver(ClientRunner):
         leaders = {w.name: w.role for w in self.plan.workers}
         self.record.summary(Summary(name=self.recipe.name, topology=self.plan.topology, partial=partial,
                                     total_gpus=self.plan.total_gpus, rows=self.rows,
-                                    served=served_requests(self.paths.logs, leaders)))
+                                    served=served_requests(self.paths.logs, leaders),
+                                    invalid_points=len(validity.invalid_rows(self.rows)), kv_capacity=self.kv_capacity,
+                                    **({"eval": self.eval} if self.eval else {})))
 
     # --- the run -------------------------------------------------------------------------------
 
@@ -124,8 +128,17 @@ class Driver(ClientRunner):
         self.status(Phase.ready, engine_dir=str(self.engine_dir))
 
     def measure(self) -> None:
-        self.status(Phase.benchmarking)
-        self.benchmark()
+        if evals.benchmark_wanted(self.recipe):
+            self.status(Phase.benchmarking)
+            self.check_kv_capacity()
+            self.benchmark()
+        if evals.wanted(self.recipe):
+            self.status(Phase.evaluating)
+            try:
+                self.eval = evals.run_evals(self.recipe, self.base_url, self.dir, self.event, self.watch)
+            except evals.EvalFailed as e:
+                raise FaultRaised(Fault(FaultKind.eval, None, str(e))) from None
+            self.write_summary(partial=True)
 
     def teardown(self) -> None:
         t0 = time.time()
@@ -137,7 +150,7 @@ class Driver(ClientRunner):
         self._record_provenance()
         self.write_summary(partial=False)
         self.event(EventKind.done)
-        self.status(Phase.done)
+        self.status(Phase.done, invalid_points=[validity.invalid_line(r) for r in validity.invalid_rows(self.rows)])
         return {"rows": self.rows}
 
     def _record_provenance(self) -> None:
@@ -278,11 +291,26 @@ class Driver(ClientRunner):
     def _start_engines(self) -> None:
         self._launch("node_cache")  # every node copies the weights while Dynamo installs
         self._install()
+        self._fabric_preflight()
         self._serve_weights()
         self._launch("frontend")
         self._launch("worker")
         self.event(EventKind.engines_started, steps=len(self.steps))
         self._watch_allocation()
+
+    def _fabric_preflight(self) -> None:
+        """Every prefill node moves a few KB to every decode node over NIXL, with the workers'
+        UCX settings, before any weights load (planning/fabric.py)."""
+        if not any(s.kind == "fabric" for s in self.job.steps):
+            return
+        self._launch("fabric")
+        self._watch_allocation()
+        steps = [s for s in self.steps if s.step.kind == "fabric"]
+        outcome = fabric.run(self.paths, self.plan, self.hosts, steps, self.watch)
+        self.steps = [s for s in self.steps if s not in steps]  # done: their exits are not faults of the deployment
+        if outcome.fault:
+            raise FaultRaised(outcome.fault)
+        self.event(EventKind.fabric_ok, seconds=outcome.seconds, pairs=outcome.summary())
 
     def _serve_weights(self) -> None:
         """With model.node_cache: wait for every node's copy, then tell each engine where its weights are."""
@@ -308,11 +336,14 @@ class Driver(ClientRunner):
         want = {r: len(self.plan.role_workers(r)) for r in roles}
         # Startup timeouts count from the engines' start, which may be before the driver's.
         started = min((s.started for s in self.steps if s.step.kind == "worker"), default=time.time())
+        fatal = FatalLineWatch()
         timeouts = {r: max((s.startup_timeout_s for s in self.job.steps if s.role == r), default=0)
                     for r in self.recipe.topology.roles}
         last: dict[str, int] = {}
         while True:
             self.watch()
+            if (fault := fatal.scan(self.steps)) is not None:
+                raise FaultRaised(fault)
             url = self.base_url
             have = {} if self.own_server or url is None else readiness.accepted_workers(url, self.recipe.model.name)
             if url is None:  # the server's step has not taken its port yet

@@ -57,8 +57,8 @@ class Fault:
 def check_exits(steps: list[RunningStep]) -> Optional[Fault]:
     for s in steps:
         # A sampler that ends (no NVML on the node) is not a fault of the deployment, nor is a
-        # node-cache copy ending: the driver reads its outcome.
-        if s.stopping or s.step.kind in ("monitor", "node_cache"):
+        # node-cache copy or a fabric probe ending: the driver reads its outcome.
+        if s.stopping or s.step.kind in ("monitor", "node_cache", "fabric"):
             continue
         rc = s.poll()
         if rc is not None:

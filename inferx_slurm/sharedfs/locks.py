@@ -28,6 +28,10 @@ crashed holder leaves the file behind, so this module adds what a soft lock need
   waiter takes the lock over once it has watched the file go unrefreshed for ``lease_s``
   seconds on its own monotonic clock (so clock skew between nodes cannot expire a live
   lock).  After a node dies, the next run therefore waits at most ``lease_s`` (default 60 s).
+* **Recordless markers.**  A holder killed between creating the lock file and writing its
+  record leaves an empty file that names nobody, so neither rule above can clear it (filelock
+  reads an empty marker as a pre-3.22 holder, which it never breaks).  An empty marker left
+  unchanged for ``lease_s`` is removed, the same bound as a missed heartbeat.
 * **Safe takeover.**  A stale lock is swapped for the new holder's in one atomic rename
   exchange that is verified afterwards, never "check, then unlink", so two waiters that
   both judge the lock stale cannot both end up holding it.
@@ -192,6 +196,42 @@ def _write_sidecar(lock_path: Path, lease: SoftFileLease, purpose: str) -> None:
             tmp.unlink()
 
 
+def _clear_recordless_marker(lock_path: Path, seen: dict[tuple[int, int], float], lease_s: float) -> None:
+    """Remove an empty lock file that has stayed unchanged for ``lease_s`` on our own clock.
+
+    ``seen`` remembers, across polls of one waiter, when each empty marker was first seen.
+    """
+    try:
+        st = os.lstat(lock_path)
+    except OSError:
+        return
+    if st.st_size != 0:
+        seen.clear()
+        return
+    key = (st.st_ino, st.st_mtime_ns)
+    now = time.monotonic()
+    first = seen.setdefault(key, now)
+    if now - first < lease_s:
+        return
+    seen.clear()
+    # Rename, then check what was moved: never "check, then unlink", which could remove a
+    # marker another waiter published between the two steps.
+    aside = lock_path.with_name(f".{lock_path.name}.recordless-{os.getpid()}-{random.getrandbits(32):08x}")
+    try:
+        os.rename(lock_path, aside)
+    except OSError:
+        return
+    try:
+        moved = os.lstat(aside)
+        if moved.st_ino != st.st_ino or moved.st_size != 0:
+            # A live marker took the name in between: give it back unless a newer one exists.
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, lock_path)
+    finally:
+        with contextlib.suppress(OSError):
+            aside.unlink()
+
+
 def _remove_own_sidecar(lock_path: Path) -> None:
     # A successor that took over our lease may already have written its own sidecar.
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
@@ -212,8 +252,8 @@ def exclusive(
 
     Waits up to ``timeout_s`` seconds (raising :class:`LockTimeout` naming the holder);
     ``on_wait`` is called once with the current holder when the lock is busy, so a CLI can
-    say whom it is waiting for.  Stale locks (dead holder on this host, or no heartbeat for
-    ``lease_s``) are taken over automatically.
+    say whom it is waiting for.  Stale locks (dead holder on this host, no heartbeat for
+    ``lease_s``, or an empty marker unchanged for ``lease_s``) are taken over automatically.
     """
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,12 +262,14 @@ def exclusive(
     deadline = start + max(timeout_s, 0.0)
     poll = _POLL_FIRST_S
     told = False
+    recordless: dict[tuple[int, int], float] = {}
     while True:
         try:
             lease.acquire(blocking=False)
             break
         except Timeout:
             pass
+        _clear_recordless_marker(lock_path, recordless, lease_s)
         now = time.monotonic()
         if not told:
             told = True

@@ -28,6 +28,15 @@ export XDG_CACHE_HOME=/shared/results/golden/cache/"$(hostname)"/xdg_cache_home
 # The engine replaces this shell (exec), so this pid is the engine's: the watchdog and
 # fault tests signal it directly.
 echo $$ > /shared/results/golden/logs/decode-0.n"$node_rank".pid
+# When the engine's main process exits, even by SIGKILL, which cannot take its children along,
+# what is left of its process group (engine cores, workers) is killed: orphans holding on keep
+# the step alive, so nobody would see the engine die. srun makes each task a group leader.
+reap_group() {
+  ( trap '' TERM INT HUP
+    # Gone, or a zombie its parent has yet to reap: either way the engine has exited.
+    while { read -r s < /proc/$$/stat; } 2>/dev/null && s=${s##*) } && [[ ${s%% *} != Z ]]; do sleep 1; done
+    kill -KILL -- -$$ ) </dev/null >/dev/null 2>&1 &
+}
 :
 # What this node runs on (package versions, model revision, GPUs), checked against the
 # recipe's pins before any weights load: a mismatch exits here, in seconds.
@@ -38,24 +47,24 @@ case "$node_rank" in
     export DYN_SYSTEM_PORT="${INFERX_SYSTEM_PORT}"
     export VLLM_NIXL_SIDE_CHANNEL_PORT="${INFERX_KV_SIDE_CHANNEL_PORT}"
     echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
-    exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 0 --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16,32,64,128,256,512,1024,2048,4096]}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code --max-num-seqs 512 ;;
+    reap_group; exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 0 --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16,32,64,128,256,512,1024,2048,4096]}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code --max-num-seqs 512 ;;
   1)  # plan node 5
     export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT="${INFERX_SYSTEM_PORT}"
     export VLLM_NIXL_SIDE_CHANNEL_PORT="${INFERX_KV_SIDE_CHANNEL_PORT}"
     echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
-    exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 4 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16,32,64,128,256,512,1024,2048,4096]}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code --max-num-seqs 512 ;;
+    reap_group; exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 4 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16,32,64,128,256,512,1024,2048,4096]}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code --max-num-seqs 512 ;;
   2)  # plan node 6
     export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT="${INFERX_SYSTEM_PORT}"
     export VLLM_NIXL_SIDE_CHANNEL_PORT="${INFERX_KV_SIDE_CHANNEL_PORT}"
     echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
-    exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 8 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16,32,64,128,256,512,1024,2048,4096]}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code --max-num-seqs 512 ;;
+    reap_group; exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 8 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16,32,64,128,256,512,1024,2048,4096]}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code --max-num-seqs 512 ;;
   3)  # plan node 7
     export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT="${INFERX_SYSTEM_PORT}"
     export VLLM_NIXL_SIDE_CHANNEL_PORT="${INFERX_KV_SIDE_CHANNEL_PORT}"
     echo "[inferx] decode-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
-    exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 12 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16,32,64,128,256,512,1024,2048,4096]}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code --max-num-seqs 512 ;;
+    reap_group; exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode decode --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 12 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --compilation-config '{"cudagraph_capture_sizes":[1,2,4,8,16,32,64,128,256,512,1024,2048,4096]}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code --max-num-seqs 512 ;;
   *) echo "[inferx] decode-0: no node rank $node_rank in this worker" >&2; exit 2 ;;
 esac

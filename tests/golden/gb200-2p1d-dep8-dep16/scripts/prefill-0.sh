@@ -28,6 +28,15 @@ export XDG_CACHE_HOME=/shared/results/golden/cache/"$(hostname)"/xdg_cache_home
 # The engine replaces this shell (exec), so this pid is the engine's: the watchdog and
 # fault tests signal it directly.
 echo $$ > /shared/results/golden/logs/prefill-0.n"$node_rank".pid
+# When the engine's main process exits, even by SIGKILL, which cannot take its children along,
+# what is left of its process group (engine cores, workers) is killed: orphans holding on keep
+# the step alive, so nobody would see the engine die. srun makes each task a group leader.
+reap_group() {
+  ( trap '' TERM INT HUP
+    # Gone, or a zombie its parent has yet to reap: either way the engine has exited.
+    while { read -r s < /proc/$$/stat; } 2>/dev/null && s=${s##*) } && [[ ${s%% *} != Z ]]; do sleep 1; done
+    kill -KILL -- -$$ ) </dev/null >/dev/null 2>&1 &
+}
 :
 # What this node runs on (package versions, model revision, GPUs), checked against the
 # recipe's pins before any weights load: a mismatch exits here, in seconds.
@@ -38,12 +47,12 @@ case "$node_rank" in
     export DYN_SYSTEM_PORT="${INFERX_SYSTEM_PORT}"
     export VLLM_NIXL_SIDE_CHANNEL_PORT="${INFERX_KV_SIDE_CHANNEL_PORT}"
     echo "[inferx] prefill-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
-    exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 1 --data-parallel-size 8 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 0 --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code ;;
+    reap_group; exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 1 --data-parallel-size 8 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 0 --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code ;;
   1)  # plan node 1
     export CUDA_VISIBLE_DEVICES=0,1,2,3
     export DYN_SYSTEM_PORT="${INFERX_SYSTEM_PORT}"
     export VLLM_NIXL_SIDE_CHANNEL_PORT="${INFERX_KV_SIDE_CHANNEL_PORT}"
     echo "[inferx] prefill-0 node_rank=$node_rank host=$(hostname) gpus=${CUDA_VISIBLE_DEVICES:-unset} start=$(date +%s.%N)"
-    exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 1 --data-parallel-size 8 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 4 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code ;;
+    reap_group; exec python3 -m dynamo.vllm --model /lustre/models/MiniMax-M3-FP8 --served-model-name minimax-m3 --disaggregation-mode prefill --tensor-parallel-size 1 --data-parallel-size 8 --data-parallel-size-local 4 --enable-expert-parallel --data-parallel-address "${LEADER_ADDR}" --data-parallel-rpc-port "${INFERX_RENDEZVOUS_PORT}" --data-parallel-start-rank 4 --headless --block-size 128 --max-model-len 2304 --kv-transfer-config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --attention-backend FLASHINFER --no-enable-prefix-caching --trust-remote-code ;;
   *) echo "[inferx] prefill-0: no node rank $node_rank in this worker" >&2; exit 2 ;;
 esac

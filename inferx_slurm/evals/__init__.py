@@ -1,0 +1,1 @@
+"""Accuracy evals on a running deployment: task data, the runner and the gate."""
