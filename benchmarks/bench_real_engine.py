@@ -26,6 +26,7 @@ from pathlib import Path
 
 from inferx_slurm import submit
 from inferx_slurm.benchmark.aiperf import aiperf_argv
+from inferx_slurm.job.paths import JobPaths
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.runtime.ports import choose
 
@@ -60,7 +61,7 @@ def run_launcher(r: Recipe, root: Path) -> dict[str, float]:
     h = submit(r, root / f"launcher-{time.time_ns()}")
     ready = None
     while True:
-        p = h.results_dir / "status.json"
+        p = h.paths.status
         if ready is None and p.exists():
             st = json.loads(p.read_text())
             ev = next((e for e in st["events"] if e["event"] == "ready"), None)
@@ -73,8 +74,8 @@ def run_launcher(r: Recipe, root: Path) -> dict[str, float]:
     summary = h.results()
     row = summary["rows"][0]
     assert row["completed"] == r.benchmark.min_requests, summary
-    export = next((h.results_dir / "bench").rglob("profile_export_aiperf.json"))
-    ok, failed = transfers(h.results_dir / "logs" / "decode-0.n0.log")
+    export = next((h.paths.root / JobPaths.BENCH).rglob("profile_export_aiperf.json"))
+    ok, failed = transfers(h.paths.log("decode-0.n0"))
     return {"ready": ready - t0, "done": done - t0, "tokens": output_tokens(export), "transfers": ok, "failed": failed}
 
 

@@ -31,9 +31,6 @@ TRANSFER_BYTES = 64 * 1024
 # The probes' own bound (connect, metadata, transfer); the driver allows start-up on top.
 PROBE_TIMEOUT_S = 30.0
 STEP_TIMEOUT_S = PROBE_TIMEOUT_S + 90.0
-# The environment variables of the workers that decide how NIXL's UCX backend moves bytes;
-# a diagnosis names those that are set.
-UCX_KEYS = ("UCX_TLS", "UCX_NET_DEVICES", "UCX_IB_GID_INDEX", "UCX_SOCKADDR_TLS_PRIORITY")
 
 
 class Side(str, Enum):
@@ -156,12 +153,6 @@ def plan_pairs(plan: Plan) -> FabricPlan:
         return sorted({n for w in plan.role_workers(role) for n in w.nodes})
 
     return FabricPlan(initiators=nodes("prefill"), targets=nodes("decode"))
-
-
-def role_env(recipe: Recipe, role: str) -> dict[str, str]:
-    """What the workers of a role export that decides NIXL's transports (recipe and role env)."""
-    env = {**recipe.env, **recipe.engine.env, **recipe.engine.role(role).env}
-    return {k: env[k] for k in UCX_KEYS if k in env}
 
 
 STAGE_WORDS = {
