@@ -204,6 +204,20 @@ def test_benchmark_stall(cluster, tmp_path):
     assert h.results()["partial"] is True
 
 
+def test_a_client_that_fails_is_named_with_its_last_words(cluster, tmp_path):
+    client = tmp_path / "client"
+    client.write_text("#!/bin/sh\necho 'starting profile' \necho 'error: the tokenizer inferx/nope could not be loaded' >&2\nexit 1\n")
+    client.chmod(0o755)
+    h = submit(local_recipe("mocker-1p1d.yaml", **{"benchmark.client_command": str(client)}), tmp_path / "run")
+    with pytest.raises(RunError):
+        h.wait(timeout=240, poll_s=0.2)
+    st = json.loads((h.results_dir / "status.json").read_text())
+    assert st["fault"] == "client", st
+    d = st["diagnosis"]
+    assert "benchmark client exited with code 1" in d and "Last log lines:" in d
+    assert "error: the tokenizer inferx/nope could not be loaded" in d, d
+
+
 def test_node_dies(cluster, tmp_path):
     h = submit(local_recipe("mocker-1p1d.yaml", **LONG), tmp_path / "run")
     wait_phase(h.results_dir, {"benchmarking"})

@@ -357,9 +357,11 @@ def _decode_engine_killed_mid_benchmark(tmp_path):
     st = json.loads((h.results_dir / "status.json").read_text())
     assert st["fault"] == "exited", st
     assert "decode worker 0" in st["diagnosis"] and "SIGKILL" in st["diagnosis"], st["diagnosis"]
-    # Seen within seconds, not at a time-out (stall 120 s, start-up 420 s): the engine's exit is
-    # the event. 1.7 s on a quiet machine; 28 s seen while other engines loaded the two cores.
-    assert st["fault_at"] - t < 45, st["fault_at"] - t
+    # Seen at the engine's exit, not at a time-out (the stall watch's 120 s, start-up's 420 s):
+    # 0.8-1.7 s on a quiet machine. Slurm ends a step only once its output pipe closes, and waits
+    # 60 s for that ("Abandoning IO 60 secs after job shutdown initiated"): 67 s was seen once
+    # while other engines loaded the two cores.
+    assert st["fault_at"] - t < 100, st["fault_at"] - t
     assert h.results()["partial"] is True
     # What the killed process had started went with it: nothing of its group outlives the step.
     assert _group(pid) == []

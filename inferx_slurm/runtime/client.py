@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -169,7 +170,10 @@ class ClientRunner:
         rc = self._client.returncode
         self._client = None
         if rc != 0:
-            raise FaultRaised(Fault(FaultKind.client, None, f"benchmark client exited with code {rc}; see {client_log}"))
+            # The client's own last words say why (a refused request, a tokenizer it could not load).
+            last = _last_lines(Path(client_log), 12)
+            raise FaultRaised(Fault(FaultKind.client, None, f"benchmark client exited with code {rc}; see {client_log}"
+                                    + ("\nLast log lines:\n" + "\n".join(f"    {x}" for x in last) if last else "")))
 
     def _suspect(self) -> Optional[RunningStep]:
         """The decode leader is where a stuck request is waiting; point the diagnosis there."""
@@ -183,3 +187,11 @@ class ClientRunner:
             except subprocess.TimeoutExpired:
                 os.killpg(self._client.pid, signal.SIGKILL)
         self._client = None
+
+
+def _last_lines(path: Path, n: int) -> list[str]:
+    try:
+        with open(path, errors="replace") as f:
+            return [line.rstrip("\n") for line in deque(f, maxlen=n)]
+    except OSError:
+        return []
