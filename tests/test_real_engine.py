@@ -116,9 +116,12 @@ def test_disaggregated_1p1d_moves_kv_from_prefill_to_decode(cluster, tmp_path):
     shown = subprocess.run([sys.executable, "-m", "inferx_slurm", "results", str(d)], capture_output=True, text=True, cwd=REPO)
     assert "KV transfer verified" in shown.stdout and "KV capacity decode-0: engine 524,288 tokens (metrics)" in shown.stdout
     # Every request went through both workers (their own logs say so): the point's 8 and its
-    # warm-up, then the eval's 6 through the same frontend.
+    # warm-up, then the eval's 6 through the same frontend. On two busy cores the frontend can
+    # give up on a worker's request plane (HTTP 504 after Dynamo's TCP request timeout) and the
+    # eval asks again, so an eval problem may have reached the workers twice.
     served = summary["served"]
-    assert served["per_worker"] == {"prefill-0": 15, "decode-0": 15} and served["through_prefill_and_decode"] == 15, served
+    n = served["through_prefill_and_decode"]
+    assert n >= 15 and served["per_worker"] == {"prefill-0": n, "decode-0": n}, served
     check_eval_after_the_point(d, read_ports(d / "ports" / "frontend.env")["INFERX_HTTP_PORT"])
     assert "gsm8k" in subprocess.run([sys.executable, "-m", "inferx_slurm", "results", str(d)], capture_output=True, text=True,
                                      cwd=REPO).stdout
