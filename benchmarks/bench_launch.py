@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from inferx_slurm import submit
 from inferx_slurm.benchmark.aiperf import aiperf_argv
@@ -39,7 +40,8 @@ def squeue_state(job: str) -> str:
     return out or "GONE"
 
 
-def run_launcher(r: Recipe, root: Path) -> tuple[float, float]:
+def launch_and_wait(r: Recipe, root: Path, poll_s: float = 0.05) -> tuple[Any, float, float]:
+    """Submit through the launcher and wait for the job's end: (handle, seconds to ready, to done)."""
     t0 = time.time()
     h = submit(r, root / f"launcher-{time.time_ns()}")
     ready = None
@@ -52,11 +54,24 @@ def run_launcher(r: Recipe, root: Path) -> tuple[float, float]:
                 ready = st["started"] + ev["t"]
         if squeue_state(h.job_id) in ("GONE", "COMPLETING"):
             break
-        time.sleep(0.05)
-    done = time.time()
+        time.sleep(poll_s)
+    return h, ready - t0, time.time() - t0
+
+
+def sbatch_and_wait(script: Path, poll_s: float = 0.05) -> tuple[float, float]:
+    """Submit a hand-written batch script and wait for its end: (submit time, seconds to done)."""
+    t0 = time.time()
+    job = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=True).stdout.strip()
+    while squeue_state(job) not in ("GONE", "COMPLETING"):
+        time.sleep(poll_s)
+    return t0, time.time() - t0
+
+
+def run_launcher(r: Recipe, root: Path) -> tuple[float, float]:
+    h, ready, done = launch_and_wait(r, root)
     summary = h.results()
     assert summary["rows"] and summary["rows"][0]["completed"] == 20, summary
-    return ready - t0, done - t0
+    return ready, done
 
 
 HAND = """#!/bin/bash
@@ -90,15 +105,11 @@ def run_hand(r: Recipe, root: Path) -> tuple[float, float]:
     script = HAND.format(out=out, hf_cache=r.env["HF_HUB_CACHE"], py=r.engine.python, port=port, p1=port + 1, p2=port + 2,
                          model=r.model.path, name=r.model.name, margs=margs, client=client + f" > {out}/client.log 2>&1")
     (out / "job.sh").write_text(script)
-    t0 = time.time()
-    job = subprocess.run(["sbatch", "--parsable", str(out / "job.sh")], capture_output=True, text=True, check=True).stdout.strip()
-    while squeue_state(job) not in ("GONE", "COMPLETING"):
-        time.sleep(0.05)
-    done = time.time()
-    ready = float((out / "ready").read_text())
+    t0, done = sbatch_and_wait(out / "job.sh")
+    ready = float((out / "ready").read_text()) - t0
     export = json.loads((out / "bench" / "profile_export_aiperf.json").read_text())
     assert export["request_count"]["avg"] == 20
-    return ready - t0, done - t0
+    return ready, done
 
 
 def main() -> None:

@@ -18,17 +18,18 @@ import os
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from inferx_slurm import submit
 from inferx_slurm.benchmark.aiperf import aiperf_argv
 from inferx_slurm.job.paths import JobPaths
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.runtime.ports import choose
+
+# Run as a script from benchmarks/: the launcher's and a batch script's submit-and-wait.
+from bench_launch import launch_and_wait, sbatch_and_wait
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("BENCH_RUNS", "1"))
@@ -37,11 +38,6 @@ TRANSFERS = re.compile(r"KV Transfer metrics: Num successful transfers=(\d+),.*N
 
 def recipe() -> Recipe:
     return Recipe.load(REPO / "recipes/disagg/local/vllm-1p1d.yaml").with_overrides({"name": "bench-real-engine"})
-
-
-def squeue_state(job: str) -> str:
-    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
-    return out or "GONE"
 
 
 def transfers(log: Path) -> tuple[int, int]:
@@ -57,26 +53,13 @@ def output_tokens(export: Path) -> int:
 
 
 def run_launcher(r: Recipe, root: Path) -> dict[str, float]:
-    t0 = time.time()
-    h = submit(r, root / f"launcher-{time.time_ns()}")
-    ready = None
-    while True:
-        p = h.paths.status
-        if ready is None and p.exists():
-            st = json.loads(p.read_text())
-            ev = next((e for e in st["events"] if e["event"] == "ready"), None)
-            if ev:
-                ready = st["started"] + ev["t"]
-        if squeue_state(h.job_id) in ("GONE", "COMPLETING"):
-            break
-        time.sleep(0.2)
-    done = time.time()
+    h, ready, done = launch_and_wait(r, root, poll_s=0.2)
     summary = h.results()
     row = summary["rows"][0]
     assert row["completed"] == r.benchmark.min_requests, summary
     export = next((h.paths.root / JobPaths.BENCH).rglob("profile_export_aiperf.json"))
     ok, failed = transfers(h.paths.log("decode-0.n0"))
-    return {"ready": ready - t0, "done": done - t0, "tokens": output_tokens(export), "transfers": ok, "failed": failed}
+    return {"ready": ready, "done": done, "tokens": output_tokens(export), "transfers": ok, "failed": failed}
 
 
 HAND = """#!/bin/bash
@@ -125,16 +108,12 @@ def run_hand(r: Recipe, root: Path) -> dict[str, float]:
                          etcd_peer=port + 2, nats=port + 3, p1=port + 4, p2=port + 5, s1=port + 6, s2=port + 7,
                          args=args, name=r.model.name, client=client + f" > {out}/client.log 2>&1")
     (out / "job.sh").write_text(script)
-    t0 = time.time()
-    job = subprocess.run(["sbatch", "--parsable", str(out / "job.sh")], capture_output=True, text=True, check=True).stdout.strip()
-    while squeue_state(job) not in ("GONE", "COMPLETING"):
-        time.sleep(0.2)
-    done = time.time()
-    ready = float((out / "ready").read_text())
+    t0, done = sbatch_and_wait(out / "job.sh", poll_s=0.2)
+    ready = float((out / "ready").read_text()) - t0
     export = out / "bench" / "profile_export_aiperf.json"
     assert json.loads(export.read_text())["request_count"]["avg"] == r.benchmark.min_requests
     ok, failed = transfers(out / "decode.log")
-    return {"ready": ready - t0, "done": done - t0, "tokens": output_tokens(export), "transfers": ok, "failed": failed}
+    return {"ready": ready, "done": done, "tokens": output_tokens(export), "transfers": ok, "failed": failed}
 
 
 def main() -> None:
