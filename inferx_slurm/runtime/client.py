@@ -20,6 +20,7 @@ from inferx_slurm.planning.ports import PortVar
 from inferx_slurm.runtime import kv_probe, metrics
 from inferx_slurm.runtime.energy import point_power
 from inferx_slurm.runtime.gpumon import gpu_metrics
+from inferx_slurm.runtime.progress import Counters, ProgressClock, Verdict
 from inferx_slurm.runtime.steps import RunningStep
 from inferx_slurm.runtime.watchdog import Fault, FaultRaised
 
@@ -142,28 +143,19 @@ class ClientRunner:
         with open(client_log, "ab") as log:
             self._client = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out, start_new_session=True)
         b = self.recipe.benchmark
-        started_at = time.time()
-        base: Optional[tuple[float, float, float]] = None
-        last_change, last_value = time.time(), None
+        clock = ProgressClock(startup_s=b.client_startup_timeout_s, stall_s=b.stall_timeout_s, expected=expected, t0=time.time())
         while self._client.poll() is None:
             self.watch()
             text = metrics.scrape(f"{self.base_url}/metrics")
             if text is not None:
-                now = (metrics.counter_total(text, metrics.STARTED_METRICS), metrics.counter_total(text),
-                       metrics.counter_total(text, metrics.DONE_METRICS))
-                base = base or now
-                if now[1] != last_value:
-                    last_change, last_value = time.time(), now[1]
-                if now[0] == base[0] and now[1] == base[1]:
-                    # The client is still starting (tokenizer, dataset): its own, longer bound.
-                    if time.time() - started_at > b.client_startup_timeout_s:
-                        raise FaultRaised(Fault(FaultKind.stalled, None, f"benchmark client sent no request within "
-                                                f"{b.client_startup_timeout_s:.0f} s; see {client_log}"))
-                elif now[2] - base[2] >= expected:
-                    pass  # every request is answered; the client is writing its exports
-                elif time.time() - last_change > b.stall_timeout_s:
+                verdict = clock.observe(Counters(metrics.counter_total(text, metrics.STARTED_METRICS), metrics.counter_total(text),
+                                                 metrics.counter_total(text, metrics.DONE_METRICS)), time.time())
+                if verdict is Verdict.client_silent:
+                    raise FaultRaised(Fault(FaultKind.stalled, None, f"benchmark client sent no request within "
+                                            f"{b.client_startup_timeout_s:.0f} s; see {client_log}"))
+                if verdict is Verdict.stalled:
                     raise FaultRaised(Fault(FaultKind.stalled, self._suspect(), f"benchmark made no progress for {b.stall_timeout_s:.0f} s "
-                                            "(frontend token and request counters unchanged)."))
+                                            "(frontend request and token counters unchanged)."))
             time.sleep(CLIENT_POLL_S)
         # A cancel kills the client too; report the cancel, not the client's exit.
         self.watch()
