@@ -33,7 +33,7 @@ def timed(fn, repeat: int) -> list[float]:
 def one_recipe(recipe: Recipe) -> None:
     plan = plan_recipe(recipe)
     render(recipe, "/shared/results/bench", plan)
-    sbatch_script(recipe, plan, "/shared/results/bench/submitit")
+    sbatch_script(recipe, plan, "/shared/results/bench")
 
 
 def main() -> None:

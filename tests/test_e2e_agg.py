@@ -64,7 +64,7 @@ def test_aggregated_mocker_runs_with_launch_wait(cluster, tmp_path, name, worker
     job = json.loads((d / "job.json").read_text())
     r = Recipe.from_dict(json.loads((d / "recipe.json").read_text()))
     submitted = Path(job["submitit_folder"]) / f"{job['job_id']}_submission.sh"
-    assert submitted.read_text() == sbatch_script(r, plan_recipe(r), job["submitit_folder"])
+    assert submitted.read_text() == sbatch_script(r, plan_recipe(r), d)
 
 
 def test_ci_result_files_for_an_aggregated_run(cluster, tmp_path):

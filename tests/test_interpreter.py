@@ -71,4 +71,4 @@ def test_matching_interpreter_passes_and_reaches_the_sbatch_script(tmp_path):
 
     r = local_recipe("mocker-1p1d.yaml", **{"slurm.python": sys.executable})
     assert check_interpreter(r) == sys.executable
-    assert f"{sys.executable} -u -m submitit.core._submit" in sbatch_script(r, plan_recipe(r), tmp_path)
+    assert f"{sys.executable} -u -m inferx_slurm.runtime.boot {tmp_path} -u -m submitit.core._submit" in sbatch_script(r, plan_recipe(r), tmp_path)

@@ -113,10 +113,11 @@ def test_steps_and_srun_commands():
 
 def test_sbatch_script_has_the_allocation():
     r = load(CASES["gb200-2p1d-dep8-dep16"])
-    text = sbatch_script(r, plan_recipe(r), f"{JOB_DIR}/submitit")
+    text = sbatch_script(r, plan_recipe(r), JOB_DIR)
     for line in ("#SBATCH --nodes=8", "#SBATCH --gpus-per-node=4", "#SBATCH --segment=8", "#SBATCH --no-kill",
                  "#SBATCH --exclusive", "#SBATCH --time=240", "#SBATCH --partition=batch"):
         assert line in text
+    assert f"-u -m inferx_slurm.runtime.boot {JOB_DIR} -u -m submitit.core._submit {JOB_DIR}/submitit" in text
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
 
 
@@ -124,10 +125,8 @@ def test_sbatch_script_is_the_file_submitit_submits(tmp_path, monkeypatch):
     """What a dry run prints is byte for byte the batch script submitit writes when it submits the
     same parameters, for one job and for a job array. `sbatch` here only answers with a job id:
     nothing reaches a cluster."""
-    import submitit
-
     from inferx_slurm.job.interpreter import node_python
-    from inferx_slurm.job.sbatch import batch_script, executor_params, runner_command
+    from inferx_slurm.job.sbatch import batch_script, executor_params, runner_command, submit_to_slurm
     from inferx_slurm.runtime.entry import run_job
 
     bin_dir = tmp_path / "bin"
@@ -141,19 +140,16 @@ def test_sbatch_script_is_the_file_submitit_submits(tmp_path, monkeypatch):
     plan = plan_recipe(r)
     params = executor_params(r, plan)
 
-    one = tmp_path / "a results dir" / "submitit"
-    executor = submitit.SlurmExecutor(folder=one, python=node_python(r))
-    executor.update_parameters(**params)
-    assert executor.submit(run_job, "/results/run").job_id == "4242"
+    job_dir = tmp_path / "a results dir"
+    one = job_dir / "submitit"
+    (job,) = submit_to_slurm(one, node_python(r), params, [(run_job, str(job_dir))], {}, boot=job_dir)
+    assert job.job_id == "4242"
     submitted = (one / "4242_submission.sh").read_text()
-    assert submitted == sbatch_script(r, plan, one)
+    assert submitted == sbatch_script(r, plan, job_dir)
     assert "#SBATCH --reservation='bench a'" in submitted and "#SBATCH --nodes=8" in submitted
 
     array = tmp_path / "array"
-    executor = submitit.SlurmExecutor(folder=array, python=node_python(r))
-    executor.update_parameters(**params)
-    with executor.batch():
-        jobs = [executor.submit(run_job, f"/results/run{i}") for i in range(3)]
+    jobs = submit_to_slurm(array, node_python(r), params, [(run_job, f"/results/run{i}") for i in range(3)], {})
     assert [j.job_id for j in jobs] == ["4242_0", "4242_1", "4242_2"]
     submitted = (array / "4242_submission.sh").read_text()
     assert submitted == batch_script(runner_command(node_python(r), array), array, params, array_size=3)

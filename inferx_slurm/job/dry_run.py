@@ -43,7 +43,7 @@ def dry_run_text(deployment: Deployment | Recipe, results_dir: Optional[Path] = 
     out += [*(f"# {line}" for line in weights), ""] if weights else []
     out += [interpreter_line(recipe, given(reporter)), ""]
     out += ["# ---- sbatch script (submitted through submitit) ----",
-            sbatch_text(node_python(recipe), dep.sbatch, str(dep.paths.submitit))]
+            sbatch_text(node_python(recipe), dep.sbatch, str(dep.paths.submitit), job_dir)]
     out += [
         "# The batch script runs the driver on the first node; it resolves plan node i to the",
         "# allocation's i-th host (scontrol show hostnames) and starts these steps:",

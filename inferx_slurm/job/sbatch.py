@@ -18,6 +18,9 @@ from inferx_slurm.recipe.schema import Recipe
 
 # The batch script runs submitit's job runner on the pickled call in the folder.
 SUBMITIT_RUNNER = "-u -m submitit.core._submit"
+# A single deployment's job goes through runtime/boot.py first, which starts its frontend and
+# engines before the runner imports submitit and unpickles the call.
+BOOT = "-u -m inferx_slurm.runtime.boot"
 # Parameters that shape the script rather than becoming #SBATCH lines.
 SCRIPT_PARAMETERS = frozenset({"additional_parameters", "signal_delay_s", "use_srun", "array_parallelism"})
 # #SBATCH lines submitit writes even when the parameters leave them out.
@@ -90,23 +93,30 @@ def batch_script(command: str, folder: str | Path, params: dict[str, Any], *, si
     return "\n".join(out)
 
 
-def runner_command(python: str, folder: str | Path) -> str:
+def boot_python(python: str, job_dir: Optional[str | Path]) -> str:
+    """The interpreter command submitit is given: with `job_dir`, one that boots that
+    deployment's first steps before handing over to submitit's runner."""
+    return python if job_dir is None else f"{python} {BOOT} {shlex.quote(str(Path(job_dir).expanduser().absolute()))}"
+
+
+def runner_command(python: str, folder: str | Path, job_dir: Optional[str | Path] = None) -> str:
     """What the batch script runs: submitit's job runner under the driver's interpreter."""
-    return f"{python} {SUBMITIT_RUNNER} {shlex.quote(str(Path(folder).expanduser().absolute()))}"
+    return f"{boot_python(python, job_dir)} {SUBMITIT_RUNNER} {shlex.quote(str(Path(folder).expanduser().absolute()))}"
 
 
-def sbatch_text(python: str, params: dict[str, Any], folder: str | Path) -> str:
+def sbatch_text(python: str, params: dict[str, Any], folder: str | Path, job_dir: Optional[str | Path] = None) -> str:
     """The batch script submitit writes for these parameters (one job), its runner under `python`."""
     from submitit import JobEnvironment
 
-    return batch_script(runner_command(python, folder), folder, params, signal=JobEnvironment.USR_SIG)
+    return batch_script(runner_command(python, folder, job_dir), folder, params, signal=JobEnvironment.USR_SIG)
 
 
-def sbatch_script(recipe: Recipe, plan: Plan, folder: str | Path) -> str:
-    """The batch script submitit writes when it submits this deployment with `folder` as its folder."""
+def sbatch_script(recipe: Recipe, plan: Plan, job_dir: str | Path) -> str:
+    """The batch script submitit writes when it submits this deployment from `job_dir`."""
     from inferx_slurm.job.interpreter import node_python
+    from inferx_slurm.job.paths import JobPaths
 
-    return sbatch_text(node_python(recipe), executor_params(recipe, plan), folder)
+    return sbatch_text(node_python(recipe), executor_params(recipe, plan), JobPaths(Path(job_dir)).submitit, job_dir)
 
 
 @contextlib.contextmanager
@@ -126,12 +136,13 @@ def slurm_environ(env: dict[str, str]) -> Iterator[None]:
 
 
 def submit_to_slurm(folder: Path, python: str, params: dict[str, Any], calls: Sequence[tuple[Callable[..., Any], str]],
-                    env: dict[str, str]) -> list[Any]:
+                    env: dict[str, str], boot: Optional[Path] = None) -> list[Any]:
     """Submit `fn(arg)` for each call: one job, or one job array when there are several; returns
-    submitit's jobs. A refusal by sbatch is a SubmitError with sbatch's own words."""
+    submitit's jobs. `boot`: the job dir of a single deployment, whose first steps the batch
+    script starts before submitit's runner. A refusal by sbatch is a SubmitError with sbatch's own words."""
     import submitit
 
-    executor = submitit.SlurmExecutor(folder=folder, python=python)
+    executor = submitit.SlurmExecutor(folder=folder, python=boot_python(python, boot))
     executor.update_parameters(**params)
     with slurm_environ(env):
         try:

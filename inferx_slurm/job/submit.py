@@ -103,7 +103,8 @@ def submit_deployments(deployments: list[Deployment], *, env: Optional[dict[str,
         else:
             params = {**params, "job_name": array_name or first.name}
             folder = SweepPaths.array_submitit(first.paths.root, params["job_name"])
-        jobs = submit_to_slurm(folder, node_python(first.recipe), params, [(run_job, d.job_dir) for d in items], env)
+        jobs = submit_to_slurm(folder, node_python(first.recipe), params, [(run_job, d.job_dir) for d in items], env,
+                               boot=first.paths.root if len(items) == 1 else None)
         for job, dep in zip(jobs, items):
             record_job(dep.paths, job.job_id, folder)
             handles.append(JobHandle(job.job_id, dep.paths.root, env=env))

@@ -55,6 +55,22 @@ def launch_steps(launch: Launch, kind: str, paths: JobPaths, hosts: list[str], i
     return started
 
 
+# Steps started by runtime/boot.py before submitit unpickled the job, by job dir: run_job, in
+# the same process, adopts them.
+_STARTED: dict[Path, Optional[EarlyStart]] = {}
+
+
+def start_early(job_dir: Path) -> None:
+    """Start the first steps now, for `take_started` to hand over later in this process."""
+    _STARTED[job_dir.resolve()] = start_first(job_dir)
+
+
+def take_started(job_dir: Path) -> Optional[EarlyStart]:
+    """The first steps of `job_dir`: those `start_early` started, else started now."""
+    key = job_dir.resolve()
+    return _STARTED.pop(key) if key in _STARTED else start_first(job_dir)
+
+
 def start_first(job_dir: Path) -> Optional[EarlyStart]:
     """Resolve the hosts, write nodes.env and start the first steps; None when anything is not
     as planned (the driver then does it all itself, and diagnoses what is wrong)."""
