@@ -2,8 +2,10 @@
 
 Both bring up the same three processes (Dynamo frontend, one mock prefill and one mock
 decode engine, file discovery) on the local Slurm cluster, wait until the model is served
-with both workers registered, run the same aiperf command, and stop. Measured side by side,
-alternating, in one run: seconds from submit to ready and from submit to the job's end.
+with both workers registered, run the same aiperf command, and stop. Both ask Slurm for the
+same allocation (2 whole nodes, 4 GPUs each) and poll for readiness every 50 ms. Measured side
+by side, alternating, in one run, each submission on idle nodes: seconds from submit to ready,
+from submit to the job's end, and from the job's start to ready (Slurm's own scheduling left out).
 
 Needs the local cluster: `inferx-slurm local-cluster up` (and SLURM_CONF exported).
 """
@@ -40,6 +42,18 @@ def squeue_state(job: str) -> str:
     return out or "GONE"
 
 
+def wait_released(job: str, timeout: float = 120) -> None:
+    """Until Slurm has let go of the job and its nodes are idle again: the next submission of
+    either kind then starts from the same empty cluster (not timed)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        busy = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True).stdout.split()
+        if squeue_state(job) == "GONE" and busy and all(s == "idle" for s in busy):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job} or its nodes still busy after {timeout} s")
+
+
 def launch_and_wait(r: Recipe, root: Path, poll_s: float = 0.05) -> tuple[Any, float, float]:
     """Submit through the launcher and wait for the job's end: (handle, seconds to ready, to done)."""
     t0 = time.time()
@@ -55,7 +69,9 @@ def launch_and_wait(r: Recipe, root: Path, poll_s: float = 0.05) -> tuple[Any, f
         if squeue_state(h.job_id) in ("GONE", "COMPLETING"):
             break
         time.sleep(poll_s)
-    return h, ready - t0, time.time() - t0
+    done = time.time() - t0
+    wait_released(h.job_id)
+    return h, ready - t0, done
 
 
 def sbatch_and_wait(script: Path, poll_s: float = 0.05) -> tuple[float, float]:
@@ -64,22 +80,30 @@ def sbatch_and_wait(script: Path, poll_s: float = 0.05) -> tuple[float, float]:
     job = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=True).stdout.strip()
     while squeue_state(job) not in ("GONE", "COMPLETING"):
         time.sleep(poll_s)
-    return t0, time.time() - t0
+    done = time.time() - t0
+    wait_released(job)
+    return t0, done
 
 
-def run_launcher(r: Recipe, root: Path) -> tuple[float, float]:
+def run_launcher(r: Recipe, root: Path) -> tuple[float, float, float]:
+    """(submit -> ready, submit -> done, job start -> ready)."""
     h, ready, done = launch_and_wait(r, root)
     summary = h.results()
     assert summary["rows"] and summary["rows"][0]["completed"] == 20, summary
-    return ready, done
+    st = json.loads((h.results_dir / "status.json").read_text())
+    at = {e["event"]: e["at"] for e in st["events"]}
+    return ready, done, at["ready"] - at["allocation"]
 
 
 HAND = """#!/bin/bash
 #SBATCH --nodes=2
-#SBATCH --gpus-per-node=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --exclusive
+#SBATCH --gpus-per-node=4
 #SBATCH --partition=local
 #SBATCH --time=10
 #SBATCH --output={out}/slurm-%j.out
+date +%s.%N > {out}/start
 set -u
 export DYN_DISCOVERY_BACKEND=file DYN_FILE_KV={out}/kv HF_HUB_OFFLINE=1 HF_HUB_CACHE={hf_cache}
 mkdir -p {out}/kv
@@ -87,14 +111,15 @@ nodes=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
 srun --overlap -N1 -n1 -w "${{nodes[0]}}" {py} -m dynamo.frontend --http-port {port} > {out}/frontend.log 2>&1 &
 srun --overlap -N1 -n1 -w "${{nodes[0]}}" --gres=gpu:1 env DYN_SYSTEM_PORT={p1} {py} -m dynamo.mocker --model-path {model} --model-name {name} --disaggregation-mode prefill {margs} > {out}/prefill.log 2>&1 &
 srun --overlap -N1 -n1 -w "${{nodes[1]}}" --gres=gpu:1 env DYN_SYSTEM_PORT={p2} {py} -m dynamo.mocker --model-path {model} --model-name {name} --disaggregation-mode decode {margs} > {out}/decode.log 2>&1 &
-until curl -sf localhost:{port}/v1/models | grep -q '"{name}"' && [ "$(curl -sf localhost:{port}/health | grep -o '"endpoint":"generate"' | wc -l)" -ge 2 ]; do sleep 0.5; done
+until curl -sf localhost:{port}/v1/models | grep -q '"{name}"' && [ "$(curl -sf localhost:{port}/health | grep -o '"endpoint":"generate"' | wc -l)" -ge 2 ]; do sleep 0.05; done
 date +%s.%N > {out}/ready
 {client}
 kill $(jobs -p); wait
 """
 
 
-def run_hand(r: Recipe, root: Path) -> tuple[float, float]:
+def run_hand(r: Recipe, root: Path) -> tuple[float, float, float]:
+    """(submit -> ready, submit -> done, job start -> ready)."""
     out = root / f"hand-{time.time_ns()}"
     out.mkdir(parents=True)
     scen = r.benchmark.scenarios[0]
@@ -106,10 +131,10 @@ def run_hand(r: Recipe, root: Path) -> tuple[float, float]:
                          model=r.model.path, name=r.model.name, margs=margs, client=client + f" > {out}/client.log 2>&1")
     (out / "job.sh").write_text(script)
     t0, done = sbatch_and_wait(out / "job.sh")
-    ready = float((out / "ready").read_text()) - t0
+    ready_at = float((out / "ready").read_text())
     export = json.loads((out / "bench" / "profile_export_aiperf.json").read_text())
     assert export["request_count"]["avg"] == 20
-    return ready, done
+    return ready_at - t0, done, ready_at - float((out / "start").read_text())
 
 
 def main() -> None:
@@ -117,16 +142,17 @@ def main() -> None:
         sys.exit("export SLURM_CONF (see `inferx-slurm local-cluster up`) first")
     r = recipe()
     root = Path(tempfile.mkdtemp(prefix="bench-launch-"))
-    res: dict[str, list[tuple[float, float]]] = {"inferx-slurm": [], "hand-written sbatch": []}
+    res: dict[str, list[tuple[float, float, float]]] = {"inferx-slurm": [], "hand-written sbatch": []}
     for i in range(RUNS):
         res["inferx-slurm"].append(run_launcher(r, root))
         res["hand-written sbatch"].append(run_hand(r, root))
-    med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in res.items()}
-    for k, (ready, done) in med.items():
-        print(f"{k:>20}: submit->ready median {ready:6.2f} s, submit->done median {done:6.2f} s  ({RUNS} runs: "
-              + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in res[k]) + ")")
+    med = {k: tuple(statistics.median(x[i] for x in v) for i in range(3)) for k, v in res.items()}
+    for k, (ready, done, own) in med.items():
+        print(f"{k:>20}: medians submit->ready {ready:5.2f} s, submit->done {done:6.2f} s, job start->ready {own:5.2f} s  ({RUNS} runs: "
+              + ", ".join(f"{a:.2f}/{b:.2f}/{c:.2f}" for a, b, c in res[k]) + ")")
     a, b = med["inferx-slurm"], med["hand-written sbatch"]
-    print(f"ratio inferx-slurm / hand-written: ready {a[0] / b[0]:.2f}x, done {a[1] / b[1]:.2f}x")
+    print(f"inferx-slurm - hand-written: ready {a[0] - b[0]:+.2f} s ({a[0] / b[0]:.2f}x), done {a[1] - b[1]:+.2f} s ({a[1] / b[1]:.2f}x), "
+          f"from the job's start to ready {a[2] - b[2]:+.2f} s")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from inferx_slurm.job.render import Step
+from inferx_slurm.job.rendered import Step
 from inferx_slurm.runtime.fatal_lines import TRACEBACK_WAIT_S, FatalLineWatch
 from inferx_slurm.runtime.steps import RunningStep
 

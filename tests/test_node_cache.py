@@ -336,7 +336,7 @@ def test_model_cache_ls_and_prune_from_the_command_line(tmp_path):
 
 
 def _steps_with_outcomes(job_dir: Path, outcomes: dict[int, dict], exits: dict[int, int]) -> list[RunningStep]:
-    from inferx_slurm.job.render import Step
+    from inferx_slurm.job.rendered import Step
 
     steps = []
     for node, doc in outcomes.items():

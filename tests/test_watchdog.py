@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from inferx_slurm.job.render import Step
+from inferx_slurm.job.rendered import Step
 from inferx_slurm.job.phases import FaultKind
 from inferx_slurm.runtime.steps import RunningStep
 from inferx_slurm.runtime.watchdog import Fault, check_exits

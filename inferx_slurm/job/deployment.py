@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict
 from inferx_slurm.errors import RecipeError
 from inferx_slurm.job.launch import HOST, IMAGE, JOB_ID
 from inferx_slurm.job.paths import JobPaths
-from inferx_slurm.job.render import RenderedJob, render
+from inferx_slurm.job.render import render
+from inferx_slurm.job.phases import StepKind
+from inferx_slurm.job.rendered import RenderedJob
 from inferx_slurm.job.srun import srun_argv
 from inferx_slurm.job.sbatch import executor_params
 from inferx_slurm.planning.feasibility import MemoryPlan, footprint, plan_memory
@@ -38,7 +40,7 @@ class StepLaunch(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    kind: str
+    kind: StepKind
     node: int  # plan node index: the step runs on the allocation's host of that index
     argv: list[str]  # with job/launch.py's placeholders for the host, the job id and the image
 
@@ -48,7 +50,7 @@ class LaunchPlan(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    first: list[str]  # the step kinds started as soon as the hosts are known
+    first: list[StepKind]  # the step kinds started as soon as the hosts are known
     nodes: int  # the plan's node count: fewer hosts and nothing starts early
     env: dict[str, str]  # what every step gets on top of the driver's environment
     image: Optional[str]  # the recipe's image, for a job dir with no imported one (image.json)
@@ -59,11 +61,12 @@ def launch_plan(recipe: Recipe, plan: Plan, job: RenderedJob) -> LaunchPlan:
     kinds = {st.kind for st in job.steps}
     # Bring-up order: discovery servers, then the Dynamo install, then frontend and engines. The
     # node cache's copies need nothing else, and the engines wait for them, so they start first.
-    first = ["infra"] if "infra" in kinds else ["install"] if "install" in kinds else ["frontend", "worker"]
-    if "node_cache" in kinds:
-        first = ["node_cache", *(k for k in first if k not in ("frontend", "worker"))]
-    if "fabric" in kinds:  # the fabric preflight runs before any engine loads weights
-        first = [k for k in first if k != "worker"]
+    S = StepKind
+    first = [S.infra] if S.infra in kinds else [S.install] if S.install in kinds else [S.frontend, S.worker]
+    if S.node_cache in kinds:
+        first = [S.node_cache, *(k for k in first if k not in (S.frontend, S.worker))]
+    if S.fabric in kinds:  # the fabric preflight runs before any engine loads weights
+        first = [k for k in first if k != S.worker]
     pyxis = recipe.container.runtime is ContainerRuntime.pyxis and bool(recipe.container.image)
     steps = [StepLaunch(name=st.name, kind=st.kind, node=st.node,
                         argv=srun_argv(recipe, st, HOST, job.job_dir, IMAGE if pyxis else None, job_id=JOB_ID))

@@ -1,4 +1,4 @@
-"""A run's phases, its fault kinds and its timeline events: one set of names shared by the
+"""A run's phases, its step kinds, its fault kinds and its timeline events: one set of names shared by the
 driver, sweeps, CI and the CLI. Enums of strings, so status.json holds plain strings and a
 reader compares either; standard library only, so the driver names them before it imports
 anything heavy."""
@@ -20,6 +20,18 @@ class Phase(str, Enum):
     @property
     def ended(self) -> bool:
         return self in (Phase.done, Phase.failed)
+
+
+class StepKind(str, Enum):
+    """What a step is; the driver starts them kind by kind."""
+
+    infra = "infra"  # etcd and NATS
+    install = "install"  # the Dynamo install into each node's container
+    fabric = "fabric"  # the NIXL fabric check between prefill and decode nodes
+    frontend = "frontend"
+    worker = "worker"
+    monitor = "monitor"  # the GPU samplers
+    node_cache = "node_cache"  # each node's copy of the weights
 
 
 class FaultKind(str, Enum):

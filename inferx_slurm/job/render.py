@@ -13,14 +13,15 @@ import shlex
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Literal, Optional
+from typing import Optional
 
-from pydantic import BaseModel, ConfigDict
 
 from inferx_slurm.engines import node_commands, preflight_needs, startup_timeout
 from inferx_slurm.engines.common import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags, http_port
 from inferx_slurm.job import fabric, node_cache
 from inferx_slurm.job.paths import JobPaths
+from inferx_slurm.job.phases import StepKind
+from inferx_slurm.job.rendered import RenderedJob, Step
 from inferx_slurm.planning import fabric as fabric_plan
 from inferx_slurm.planning.placement import PORTS_PER_WORKER, Plan, WorkerPlacement, plan_recipe
 from inferx_slurm.planning.ports import PORTS_DIR, PORTS_SCRIPT, WORKER_BLOCK, PortVar, port_or_ref, ports_file, request
@@ -28,7 +29,6 @@ from inferx_slurm.recipe.profiles import PROFILES
 from inferx_slurm.recipe.sections import ContainerRuntime, Discovery, FrontendServer
 from inferx_slurm.recipe.schema import Recipe
 
-StepKind = Literal["infra", "install", "fabric", "frontend", "worker", "monitor", "node_cache"]
 _PLACEHOLDERS = (LEADER_ADDR, INFRA_ADDR, node_cache.NODE_MODEL, *(v.ref for v in PortVar))
 _PH_RE = re.compile("(" + "|".join(re.escape(p) for p in _PLACEHOLDERS) + ")")
 
@@ -43,32 +43,6 @@ def shell_word(token: str) -> str:
 
 def shell_join(argv: list[str]) -> str:
     return " ".join(shell_word(a) for a in argv)
-
-
-class Step(BaseModel):
-    """One srun step: a script on one node."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str  # also the log file stem
-    kind: StepKind
-    role: Optional[str] = None
-    index: Optional[int] = None
-    node: int  # plan node index
-    node_rank: int = 0
-    gpus: int = 0
-    script: str  # path relative to the job dir
-    leader: bool = True  # the process that registers with discovery (or the only one)
-    startup_timeout_s: float = 0.0
-
-
-class RenderedJob(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    job_dir: str
-    files: dict[str, str]  # relative path -> content
-    steps: list[Step]
-    env: dict[str, str]  # what the driver exports to every step
 
 
 @lru_cache(maxsize=None)
@@ -222,7 +196,7 @@ def fabric_steps(recipe: Recipe, plan: Plan, job_dir: str, files: dict[str, str]
             setup_sources=setup_sources(recipe), command=fabric.probe_line(recipe, fp, side, job_dir),
             ports=fabric.port_line(recipe, job_dir) if side is fabric_plan.Side.target else ":",
         )
-        steps += [Step(name=fabric_plan.step_name(side, n), kind="fabric", role=side.role, node=n, script=JobPaths.script_rel(name),
+        steps += [Step(name=fabric_plan.step_name(side, n), kind=StepKind.fabric, role=side.role, node=n, script=JobPaths.script_rel(name),
                        startup_timeout_s=fabric_plan.STEP_TIMEOUT_S) for n in fp.nodes(side)]
     return steps
 
@@ -343,19 +317,19 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
                 request("frontend.nats_port", recipe.frontend.nats_port, (PortVar.nats,))]),
             body=infra_body(recipe),
         )
-        steps.append(Step(name="infra", kind="infra", node=fe_node, script=script("infra.sh"), startup_timeout_s=60))
+        steps.append(Step(name="infra", kind=StepKind.infra, node=fe_node, script=script("infra.sh"), startup_timeout_s=60))
 
     if node_cache.spec(recipe):
         files[node_cache.SCRIPT] = fill(template("node_cache.sh"), results=f"{job_dir}/{node_cache.RESULTS_DIR}",
                                         command=shell_join(node_cache.step_argv(recipe, job_dir)))
         for node in node_cache.cache_nodes(plan):
-            steps.append(Step(name=f"node-cache.node{node}", kind="node_cache", node=node, script=node_cache.SCRIPT,
+            steps.append(Step(name=f"node-cache.node{node}", kind=StepKind.node_cache, node=node, script=node_cache.SCRIPT,
                               startup_timeout_s=node_cache.STEP_TIMEOUT_S))
 
     if recipe.engine.dynamo_install:
         files[script("install.sh")] = install_script(recipe)
         for node in range(plan.total_nodes):
-            steps.append(Step(name=f"install.node{node}", kind="install", node=node, script=script("install.sh"),
+            steps.append(Step(name=f"install.node{node}", kind=StepKind.install, node=node, script=script("install.sh"),
                               startup_timeout_s=INSTALL_TIMEOUT_S))
 
     if dynamo_front:
@@ -371,7 +345,7 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
             pid_dir=shell_word(str(paths.logs)),
             command=shell_join(frontend_argv(recipe)),
         )
-        steps.append(Step(name="frontend", kind="frontend", node=fe_node, script=script("frontend.sh"), startup_timeout_s=120))
+        steps.append(Step(name="frontend", kind=StepKind.frontend, node=fe_node, script=script("frontend.sh"), startup_timeout_s=120))
 
     steps += fabric_steps(recipe, plan, job_dir, files)
     files[IDENTITY_PROBE] = identity_probe_source()
@@ -384,7 +358,7 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
             steps.append(
                 Step(
                     name=f"{w.name}.n{c.node_rank}",
-                    kind="worker",
+                    kind=StepKind.worker,
                     role=w.role,
                     index=w.index,
                     node=c.node,
@@ -403,5 +377,5 @@ def render(recipe: Recipe, job_dir: str, plan: Optional[Plan] = None) -> Rendere
             interval=shell_word(str(interval)),
         )
         for node in range(plan.total_nodes):
-            steps.append(Step(name=f"gpumon.node{node}", kind="monitor", node=node, gpus=plan.gpus_per_node, script=script("gpumon.sh")))
+            steps.append(Step(name=f"gpumon.node{node}", kind=StepKind.monitor, node=node, gpus=plan.gpus_per_node, script=script("gpumon.sh")))
     return RenderedJob(job_dir=job_dir, files=files, steps=steps, env={"INFERX_JOB_DIR": job_dir})

@@ -8,7 +8,8 @@ from typing import Optional
 
 from inferx_slurm.job import node_cache
 from inferx_slurm.job.paths import JobPaths
-from inferx_slurm.job.render import Step
+from inferx_slurm.job.phases import StepKind
+from inferx_slurm.job.rendered import Step
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.sections import ContainerRuntime
 
@@ -21,7 +22,7 @@ def container_name(job_id: str, node: int) -> str:
 
 # Steps that run in the engine's container; discovery and the GPU sampler run on the host:
 # the engine image has neither etcd nor NATS, and the sampler needs only a host Python.
-CONTAINER_STEPS = ("install", "fabric", "frontend", "worker")
+CONTAINER_STEPS = (StepKind.install, StepKind.fabric, StepKind.frontend, StepKind.worker)
 
 
 def container_mounts(recipe: Recipe, job_dir: str) -> list[str]:
@@ -67,8 +68,8 @@ def srun_argv(recipe: Recipe, step: Step, host: str, job_dir: str, image: Option
         argv += pyxis_flags(recipe, step, job_dir, image, job_id)
     argv += list(recipe.slurm.srun_args)
     argv += ["bash", str(JobPaths(job_dir).file(step.script))]
-    if step.kind == "worker":
+    if step.kind == StepKind.worker:
         argv.append(str(step.node_rank))
-    elif step.kind in ("node_cache", "fabric"):
+    elif step.kind in (StepKind.node_cache, StepKind.fabric):
         argv.append(str(step.node))
     return argv

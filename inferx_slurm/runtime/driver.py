@@ -14,16 +14,13 @@ from typing import Any, Optional
 from inferx_slurm.fsutil import read_json
 from inferx_slurm.job.launch import Launch
 from inferx_slurm.job.paths import JobPaths
-from inferx_slurm.job.render import RenderedJob
-from inferx_slurm.job.phases import EventKind, FaultKind, Phase
-from inferx_slurm.job.status import Summary
+from inferx_slurm.job.rendered import RenderedJob
+from inferx_slurm.job.phases import EventKind, FaultKind, Phase, StepKind
 from inferx_slurm.planning.placement import Plan
 from inferx_slurm.planning.ports import PortVar, ports_file
 from inferx_slurm.recipe.schema import Recipe
 from inferx_slurm.recipe.sections import Discovery, FrontendServer
-from inferx_slurm.results import provenance, validity
-from inferx_slurm.runtime import evals, fabric, node_cache_serve, nodes, readiness
-from inferx_slurm.runtime.accounting import served_requests
+from inferx_slurm.runtime import nodes, readiness
 from inferx_slurm.runtime.client import ClientRunner
 from inferx_slurm.runtime.fatal_lines import FatalLineWatch
 from inferx_slurm.runtime.ports import read_ports
@@ -82,7 +79,15 @@ class Driver(ClientRunner):
         self.record.hosts = self.hosts
         self.record.status(phase, **extra)
 
+    # Modules for the later phases and the optional steps are imported where they are used: the
+    # driver imports while the engines it has just started load on the same node, and whatever
+    # it imports before it polls for readiness is launch overhead.
+
     def write_summary(self, partial: bool) -> None:
+        from inferx_slurm.job.status import Summary
+        from inferx_slurm.results import validity
+        from inferx_slurm.runtime.accounting import served_requests
+
         leaders = {w.name: w.role for w in self.plan.workers}
         self.record.summary(Summary(name=self.recipe.name, topology=self.plan.topology, partial=partial,
                                     total_gpus=self.plan.total_gpus, rows=self.rows,
@@ -118,7 +123,7 @@ class Driver(ClientRunner):
         self._wait_ready()
         # The GPU samplers start once the engines are up: they measure the benchmark, and
         # started earlier they only compete with the engines' start for the node.
-        self._launch("monitor")
+        self._launch(StepKind.monitor)
 
     def adopt(self, other: "Driver") -> None:
         """Benchmark on the engines `other` brought up (same engine args), instead of a new start."""
@@ -128,6 +133,8 @@ class Driver(ClientRunner):
         self.status(Phase.ready, engine_dir=str(self.engine_dir))
 
     def measure(self) -> None:
+        from inferx_slurm.runtime import evals
+
         if evals.benchmark_wanted(self.recipe):
             self.status(Phase.benchmarking)
             self.check_kv_capacity()
@@ -147,6 +154,8 @@ class Driver(ClientRunner):
         self.event(EventKind.torn_down, seconds=round(time.time() - t0, 2))
 
     def finish(self) -> dict[str, Any]:
+        from inferx_slurm.results import validity
+
         self._record_provenance()
         self.write_summary(partial=False)
         self.event(EventKind.done)
@@ -154,6 +163,8 @@ class Driver(ClientRunner):
         return {"rows": self.rows}
 
     def _record_provenance(self) -> None:
+        from inferx_slurm.results import provenance
+
         try:
             provenance.finalize(self.dir, self.hosts, reports=JobPaths(self.engine_dir).worker_reports)
         except Exception as e:  # provenance must never turn a good run into a failed one
@@ -207,7 +218,7 @@ class Driver(ClientRunner):
         self.stop_at = end - self.recipe.slurm.stop_before_limit_s if end else None
         self.node_watch = NodeWatch(self.hosts)
 
-    def _launch(self, kind: str) -> None:
+    def _launch(self, kind: StepKind) -> None:
         if kind in self.started_kinds:
             return
         self.started_kinds.add(kind)
@@ -247,14 +258,14 @@ class Driver(ClientRunner):
         if fe.discovery is Discovery.file:
             self.paths.discovery.mkdir(exist_ok=True)
             return
-        self._launch("infra")
+        self._launch(StepKind.infra)
         self._watch_allocation()
         deadline = time.time() + 60
         while not all(p is not None and _port_open(self.infra_addr, p)
                       for p in (self._port("infra", PortVar.etcd), self._port("infra", PortVar.nats))):
             self.watch()
             if time.time() > deadline:
-                infra = next(s for s in self.steps if s.step.kind == "infra")
+                infra = next(s for s in self.steps if s.step.kind == StepKind.infra)
                 raise FaultRaised(Fault(FaultKind.infra, infra, "etcd/NATS did not open their ports within 60 s.", host=infra.host))
             time.sleep(0.1)
         self.event(EventKind.infra_ready)
@@ -262,10 +273,10 @@ class Driver(ClientRunner):
     def _install(self) -> None:
         """Dynamo into every node's container, all nodes at once; nothing else starts until each
         install step has exited 0."""
-        if not any(s.kind == "install" for s in self.job.steps):
+        if not any(s.kind == StepKind.install for s in self.job.steps):
             return
-        self._launch("install")
-        pending = [s for s in self.steps if s.step.kind == "install"]
+        self._launch(StepKind.install)
+        pending = [s for s in self.steps if s.step.kind == StepKind.install]
         started = time.time()
         while pending:
             self._watch_cancel()
@@ -289,23 +300,25 @@ class Driver(ClientRunner):
             raise FaultRaised(Fault(FaultKind.cancelled, None, f"run cancelled by {self._cancel}."))
 
     def _start_engines(self) -> None:
-        self._launch("node_cache")  # every node copies the weights while Dynamo installs
+        self._launch(StepKind.node_cache)  # every node copies the weights while Dynamo installs
         self._install()
         self._fabric_preflight()
         self._serve_weights()
-        self._launch("frontend")
-        self._launch("worker")
+        self._launch(StepKind.frontend)
+        self._launch(StepKind.worker)
         self.event(EventKind.engines_started, steps=len(self.steps))
         self._watch_allocation()
 
     def _fabric_preflight(self) -> None:
         """Every prefill node moves a few KB to every decode node over NIXL, with the workers'
         UCX settings, before any weights load (planning/fabric.py)."""
-        if not any(s.kind == "fabric" for s in self.job.steps):
+        if not any(s.kind == StepKind.fabric for s in self.job.steps):
             return
-        self._launch("fabric")
+        from inferx_slurm.runtime import fabric
+
+        self._launch(StepKind.fabric)
         self._watch_allocation()
-        steps = [s for s in self.steps if s.step.kind == "fabric"]
+        steps = [s for s in self.steps if s.step.kind == StepKind.fabric]
         outcome = fabric.run(self.paths, self.plan, self.hosts, steps, self.watch)
         self.steps = [s for s in self.steps if s not in steps]  # done: their exits are not faults of the deployment
         if outcome.fault:
@@ -314,9 +327,11 @@ class Driver(ClientRunner):
 
     def _serve_weights(self) -> None:
         """With model.node_cache: wait for every node's copy, then tell each engine where its weights are."""
-        steps = [s for s in self.steps if s.step.kind == "node_cache"]
+        steps = [s for s in self.steps if s.step.kind == StepKind.node_cache]
         if not steps:
             return
+        from inferx_slurm.runtime import node_cache_serve
+
         started = time.time()
         self._watch_allocation()  # the time limit or a dead node ends the copies too
         node_cache_serve.await_steps(steps, self.watch)
@@ -335,7 +350,7 @@ class Driver(ClientRunner):
         roles = () if self.own_server else self.recipe.topology.roles
         want = {r: len(self.plan.role_workers(r)) for r in roles}
         # Startup timeouts count from the engines' start, which may be before the driver's.
-        started = min((s.started for s in self.steps if s.step.kind == "worker"), default=time.time())
+        started = min((s.started for s in self.steps if s.step.kind == StepKind.worker), default=time.time())
         fatal = FatalLineWatch()
         timeouts = {r: max((s.startup_timeout_s for s in self.job.steps if s.role == r), default=0)
                     for r in self.recipe.topology.roles}
@@ -358,7 +373,7 @@ class Driver(ClientRunner):
             last = have
             models = readiness.served_models(url) if url else []
             if self.own_server and self.recipe.model.name not in models and time.time() - started > timeouts["agg"]:
-                raise FaultRaised(Fault(FaultKind.not_ready, next((s for s in self.steps if s.step.kind == "worker"), None),
+                raise FaultRaised(Fault(FaultKind.not_ready, next((s for s in self.steps if s.step.kind == StepKind.worker), None),
                                         f"the engine's server did not list {self.recipe.model.name} within {timeouts['agg']:.0f} s."))
             if self.recipe.model.name in models and all(have[r] >= want[r] for r in want):
                 self._record_preflights()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from inferx_slurm.job.phases import FaultKind
+from inferx_slurm.job.phases import FaultKind, StepKind
 from inferx_slurm.runtime.steps import RunningStep
 from inferx_slurm.runtime.watchdog import Fault
 
@@ -55,7 +55,7 @@ class FatalLineWatch:
         """A fault once a fatal line and the exception that follows it are written (or a few
         seconds after the line, without one)."""
         for s in steps:
-            if s.step.kind != "worker":
+            if s.step.kind != StepKind.worker:
                 continue
             for line in self._new_lines(s.log):
                 p = self.pending

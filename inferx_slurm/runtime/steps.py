@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional
 from inferx_slurm.job.paths import srun_err
 
 if TYPE_CHECKING:  # the driver starts its first steps before it imports the models
-    from inferx_slurm.job.render import Step
+    from inferx_slurm.job.rendered import Step
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from inferx_slurm.job.phases import FaultKind
+from inferx_slurm.job.phases import FaultKind, StepKind
 from inferx_slurm.runtime import nodes as nodes_mod
 from inferx_slurm.runtime.steps import RunningStep, describe_exit
 
@@ -40,7 +40,7 @@ class Fault:
         parts = [self.message]
         if self.step is not None:
             s = self.step.step
-            who = f"{s.role} worker {s.index}" if s.kind == "worker" else s.kind
+            who = f"{s.role} worker {s.index}" if s.kind == StepKind.worker else s.kind
             parts.append(
                 f"Where: {who} (step {s.name}), plan node {s.node}, host {self.step.host}; "
                 f"{describe_exit(self.step.returncode)}; log {self.step.log}."
@@ -58,12 +58,12 @@ def check_exits(steps: list[RunningStep]) -> Optional[Fault]:
     for s in steps:
         # A sampler that ends (no NVML on the node) is not a fault of the deployment, nor is a
         # node-cache copy or a fabric probe ending: the driver reads its outcome.
-        if s.stopping or s.step.kind in ("monitor", "node_cache", "fabric"):
+        if s.stopping or s.step.kind in (StepKind.monitor, StepKind.node_cache, StepKind.fabric):
             continue
         rc = s.poll()
         if rc is not None:
             st = s.step
-            who = f"{st.role} worker {st.index}" if st.kind == "worker" else st.kind
+            who = f"{st.role} worker {st.index}" if st.kind == StepKind.worker else st.kind
             return Fault(FaultKind.exited, s, f"{who} exited ({describe_exit(rc)}) on host {s.host}.", host=s.host)
     return None
 
@@ -92,7 +92,7 @@ class NodeWatch:
     @staticmethod
     def _fault(host: str, steps: list[RunningStep], what: str) -> Fault:
         on_node = [s for s in steps if s.host == host]
-        victim = next((s for s in on_node if s.step.kind == "worker"), on_node[0] if on_node else None)
+        victim = next((s for s in on_node if s.step.kind == StepKind.worker), on_node[0] if on_node else None)
         names = ", ".join(s.step.name for s in on_node) or "no steps"
         return Fault(FaultKind.node_down, victim, f"{what}; it ran {names}.", host=host)
 
