@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -112,6 +113,13 @@ def test_1p1d_mocker_end_to_end(cluster, tmp_path):
     handle.wait_slurm_end(15)
     assert handle.slurm_state() == "COMPLETED"
     assert squeue_empty(cluster.env)
+    # The batch script started the first steps before submitit's runner, and the driver adopted
+    # them: as Slurm accounts the job, each step ran once (a step started twice, by the batch
+    # script and again by the driver, would show twice).
+    steps = subprocess.run(["sacct", "-n", "-P", "-j", handle.job_id, "-o", "JobName"], capture_output=True, text=True,
+                           env={**os.environ, **cluster.env}, check=True).stdout.split()
+    rendered = json.loads((d / "rendered.json").read_text())["steps"]
+    assert sorted(n for n in steps if n not in ("batch", "extern", recipe.slurm.job_name or recipe.name)) == sorted(s["name"] for s in rendered)
     out = subprocess.run([sys.executable, "-m", "inferx_slurm", "results", str(d)], capture_output=True, text=True, check=True).stdout
     assert "tok/s/gpu" in out and f"requests through prefill and decode: {total}" in out
 
