@@ -33,6 +33,10 @@ class StepKind(str, Enum):
     monitor = "monitor"  # the GPU samplers
     node_cache = "node_cache"  # each node's copy of the weights
 
+    def __str__(self) -> str:
+        # Diagnoses name the kind as status.json does ("frontend exited"), on every Python.
+        return self.value
+
 
 class FaultKind(str, Enum):
     """Why a run failed; CI maps each to an exit code (ci/report.py)."""
