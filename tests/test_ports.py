@@ -157,3 +157,16 @@ def test_scripts_take_auto_ports_at_start_and_check_explicit_ones(tmp_path):
     assert f"placement.port_base=22020:{block}/10" in fixed["scripts/decode-0.sh"]
     assert "DYN_SYSTEM_PORT=22020" in fixed["scripts/decode-0.sh"]
     assert auto["scripts/ports.py"] == SCRIPT.read_text()
+
+
+@pytest.mark.parametrize("where", ["env", "engine.env", "engine.prefill.env"])
+@pytest.mark.parametrize("var", ["VLLM_NIXL_SIDE_CHANNEL_PORT", "DYN_SYSTEM_PORT"])
+def test_a_worker_port_written_in_env_is_refused_naming_the_field(where, var):
+    # Each worker's script sets these from its port block after the recipe's environment: a
+    # value in env would be replaced without a word, so it is refused at load.
+    with pytest.raises(RecipeError) as e:
+        local_recipe("mocker-1p1d.yaml", **{where: {var: "5600"}})
+    assert e.value.field == where and var in str(e.value) and "placement.port_base" in str(e.value)
+    # The way to fix them is accepted, and reaches the worker.
+    fixed = render(local_recipe("mocker-1p1d.yaml", **{"placement.port_base": 22000}), "/job").files["scripts/prefill-0.sh"]
+    assert "DYN_SYSTEM_PORT=22000" in fixed and "VLLM_NIXL_SIDE_CHANNEL_PORT=22001" in fixed

@@ -23,7 +23,7 @@ from inferx_slurm.recipe.evals import EvalSpec
 from inferx_slurm.recipe.topology import Topology
 from inferx_slurm.recipe.sections import (
     Backend, BenchmarkSpec, ContainerSpec, EngineSpec, ExpectSpec, FrontendServer, FrontendSpec, ModelSpec, PlacementSpec,
-    SlurmSpec, SpeculativeSpec, Strict,
+    SlurmSpec, SpeculativeSpec, Strict, check_env,
 )
 from inferx_slurm.recipe.sweep_spec import SweepSpec
 from inferx_slurm.recipe.values import env_str, expand_vars, normalize_role_env, set_dotted
@@ -81,6 +81,11 @@ class Recipe(Strict):
         if isinstance(v, dict):
             return {k: env_str(val) for k, val in v.items()}
         return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_ports(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v)
 
     @field_validator("profile")
     @classmethod

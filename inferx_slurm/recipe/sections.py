@@ -210,6 +210,22 @@ WHOLE_NUMBER_ARGS = {
 }
 
 
+# Ports each worker's script sets from its port block, after the recipe's environment: a value
+# written in env would be silently replaced, so it is refused where it is written.
+WORKER_PORT_ENV = {
+    "DYN_SYSTEM_PORT": "the worker's health and metrics port",
+    "VLLM_NIXL_SIDE_CHANNEL_PORT": "the worker's NIXL side-channel port",
+}
+
+
+def check_env(v: dict[str, str]) -> dict[str, str]:
+    for key in v:
+        if key in WORKER_PORT_ENV:
+            raise ValueError(f"{key} is {WORKER_PORT_ENV[key]}, set by the launcher from each worker's port block: remove it "
+                             "from env, and set placement.port_base to fix the blocks' ports (auto: free ones taken on each node)")
+    return v
+
+
 def _check_engine_args(v: dict[str, ArgValue]) -> dict[str, ArgValue]:
     v = {k.lstrip("-"): val for k, val in v.items()}
     for key, what in WHOLE_NUMBER_ARGS.items():
@@ -233,6 +249,11 @@ class RoleEngine(Strict):
     @classmethod
     def _args(cls, v: dict[str, ArgValue]) -> dict[str, ArgValue]:
         return _check_engine_args(v)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v)
 
 
 class EngineSpec(Strict):
@@ -262,6 +283,11 @@ class EngineSpec(Strict):
     @classmethod
     def _args(cls, v: dict[str, ArgValue]) -> dict[str, ArgValue]:
         return _check_engine_args(v)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v)
 
     @field_validator("dynamo_install")
     @classmethod
