@@ -20,7 +20,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from inferx_slurm.cli import main
-from inferx_slurm.recipe.sections import WHOLE_NUMBER_ARGS, EngineSpec, RoleEngine
+from inferx_slurm.recipe.engine_values import WHOLE_NUMBER_ARGS
+from inferx_slurm.recipe.sections import EngineSpec, RoleEngine
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*") if p.suffix in (".yaml", ".yml", ".json"))

@@ -23,8 +23,9 @@ from inferx_slurm.recipe.evals import EvalSpec
 from inferx_slurm.recipe.topology import Topology
 from inferx_slurm.recipe.sections import (
     Backend, BenchmarkSpec, ContainerSpec, EngineSpec, ExpectSpec, FrontendServer, FrontendSpec, ModelSpec, PlacementSpec,
-    SlurmSpec, SpeculativeSpec, Strict, check_env,
+    SlurmSpec, SpeculativeSpec, Strict,
 )
+from inferx_slurm.recipe.engine_values import check_env
 from inferx_slurm.recipe.sweep_spec import SweepSpec
 from inferx_slurm.recipe.values import env_str, expand_vars, normalize_role_env, set_dotted
 
