@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,15 @@ def fsync_dir(path: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def last_lines(paths: list[Path], n: int) -> list[str]:
+    """The last `n` lines of the files, read in order as one stream; a missing file reads empty."""
+    out: deque[str] = deque(maxlen=n)
+    for path in paths:
+        try:
+            with open(path, errors="replace") as f:
+                out.extend(line.rstrip("\n") for line in f)
+        except OSError:
+            continue
+    return list(out)

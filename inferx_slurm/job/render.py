@@ -15,7 +15,6 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-
 from inferx_slurm.engines import node_commands, preflight_needs, startup_timeout
 from inferx_slurm.engines.common import INFRA_ADDR, LEADER_ADDR, NodeCommand, flags, http_port
 from inferx_slurm.job import fabric, node_cache

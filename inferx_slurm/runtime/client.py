@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import time
-from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from inferx_slurm.benchmark.aiperf import AIPERF_EXPORT, aiperf_argv, asks_ignore_eos, point_row, profiling_window
 from inferx_slurm.benchmark.records import RECORDS_EXPORT, read_records
-from inferx_slurm.fsutil import read_json
+from inferx_slurm.fsutil import last_lines, read_json
 from inferx_slurm.job.paths import JobPaths
 from inferx_slurm.job.phases import EventKind, FaultKind
 from inferx_slurm.planning.ports import PortVar
@@ -163,7 +162,7 @@ class ClientRunner:
         self._client = None
         if rc != 0:
             # The client's own last words say why (a refused request, a tokenizer it could not load).
-            last = _last_lines(Path(client_log), 12)
+            last = last_lines([client_log], 12)
             raise FaultRaised(Fault(FaultKind.client, None, f"benchmark client exited with code {rc}; see {client_log}"
                                     + ("\nLast log lines:\n" + "\n".join(f"    {x}" for x in last) if last else "")))
 
@@ -180,10 +179,3 @@ class ClientRunner:
                 os.killpg(self._client.pid, signal.SIGKILL)
         self._client = None
 
-
-def _last_lines(path: Path, n: int) -> list[str]:
-    try:
-        with open(path, errors="replace") as f:
-            return [line.rstrip("\n") for line in deque(f, maxlen=n)]
-    except OSError:
-        return []

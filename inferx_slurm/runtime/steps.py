@@ -7,11 +7,11 @@ import re
 import signal
 import subprocess
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from inferx_slurm.fsutil import last_lines
 from inferx_slurm.job.paths import srun_err
 
 if TYPE_CHECKING:  # the driver starts its first steps before it imports the models
@@ -63,13 +63,7 @@ class RunningStep:
                 pass
 
     def tail(self, lines: int = 20) -> list[str]:
-        out: deque[str] = deque(maxlen=lines)
-        for path in (self.log, srun_err(self.log)):
-            if path.exists():
-                with open(path, errors="replace") as f:
-                    for line in f:
-                        out.append(_ANSI.sub("", line.rstrip("\n")))
-        return list(out)
+        return [_ANSI.sub("", line) for line in last_lines([self.log, srun_err(self.log)], lines)]
 
 
 def describe_exit(rc: Optional[int]) -> str:
